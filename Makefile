@@ -1,0 +1,44 @@
+# Lumbar CDS: the single entry point for developers, CI (.ci/run) and the Dockerfile.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+
+.PHONY: run test lint typecheck rules-test fmt clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.stamp-run: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.stamp-test: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@ $(VENV)/.stamp-run
+
+# A developer quick start: no client authentication unless you set LUMBAR_AUTH=jwt yourself.
+run: $(VENV)/.stamp-run
+	LUMBAR_AUTH=$${LUMBAR_AUTH:-off} $(BIN)/lumbar serve --host $(HOST) --port $(PORT)
+
+lint: $(VENV)/.stamp-test
+	$(BIN)/ruff check cds_hooks rules service tests bench
+	$(BIN)/ruff format --check cds_hooks rules service tests bench
+	$(BIN)/lint-imports
+	$(BIN)/mypy
+
+rules-test: $(VENV)/.stamp-test
+	$(BIN)/lumbar check
+	$(BIN)/lumbar test
+
+test: lint rules-test
+	$(BIN)/python -m pytest -q
+
+fmt: $(VENV)/.stamp-test
+	$(BIN)/ruff check --fix cds_hooks rules service tests bench
+	$(BIN)/ruff format cds_hooks rules service tests bench
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis
