@@ -1,0 +1,273 @@
+"""Slim, strict models of the FHIR R4 resources a CDS service reads from prefetch and draft orders.
+
+Only the elements the rules read are modelled; everything else in a resource is ignored, so real EHR
+JSON validates unchanged. Types are strict (``"true"`` is not a boolean), identifiers and dates must be
+well formed, and a resource type the service does not read is kept as :class:`OtherResource` instead of
+being rejected, because a FHIR server may return anything in a Bundle.
+
+These models are the request path's parser (see docs/performance.md): the full fhir.resources models are
+far too slow for it and are used only for the resources the service itself emits.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, StringConstraints, Tag
+from pydantic.alias_generators import to_camel
+
+from cds_hooks.fhirtime import FHIR_DATETIME_PATTERN, check_fhir_datetime
+
+# FHIR R4 datatypes: id is [A-Za-z0-9\-\.]{1,64}.
+FhirId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9\-\.]{1,64}$")]
+FhirDateTime = Annotated[
+    str, StringConstraints(pattern=FHIR_DATETIME_PATTERN), AfterValidator(check_fhir_datetime)
+]
+ResourceTypeName = Annotated[str, StringConstraints(pattern=r"^[A-Z][A-Za-z]{1,63}$")]
+
+
+class FhirModel(BaseModel):
+    """FHIR JSON element: camelCase names, strict types, unknown elements ignored."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        strict=True,
+        frozen=True,
+        extra="ignore",
+        allow_inf_nan=False,
+    )
+
+
+class Coding(FhirModel):
+    system: str | None = None
+    version: str | None = None
+    code: str | None = None
+    display: str | None = None
+
+
+class CodeableConcept(FhirModel):
+    coding: tuple[Coding, ...] = ()
+    text: str | None = None
+
+
+class Quantity(FhirModel):
+    value: float | None = None
+    comparator: str | None = None
+    unit: str | None = None
+    system: str | None = None
+    code: str | None = None
+
+
+class Reference(FhirModel):
+    reference: str | None = None
+    display: str | None = None
+
+
+class Period(FhirModel):
+    start: FhirDateTime | None = None
+    end: FhirDateTime | None = None
+
+
+class ReferenceRange(FhirModel):
+    low: Quantity | None = None
+    high: Quantity | None = None
+    text: str | None = None
+
+
+class ObservationComponent(FhirModel):
+    code: CodeableConcept
+    value_quantity: Quantity | None = None
+    value_codeable_concept: CodeableConcept | None = None
+    value_boolean: bool | None = None
+    value_integer: int | None = None
+    value_string: str | None = None
+    data_absent_reason: CodeableConcept | None = None
+    interpretation: tuple[CodeableConcept, ...] = ()
+
+
+class Patient(FhirModel):
+    resource_type: Literal["Patient"] = Field(alias="resourceType")
+    id: FhirId | None = None
+    gender: str | None = None
+    birth_date: FhirDateTime | None = None
+    deceased_boolean: bool | None = None
+    deceased_date_time: FhirDateTime | None = None
+
+
+class Observation(FhirModel):
+    resource_type: Literal["Observation"] = Field(alias="resourceType")
+    id: FhirId | None = None
+    status: str | None = None
+    category: tuple[CodeableConcept, ...] = ()
+    code: CodeableConcept
+    subject: Reference | None = None
+    effective_date_time: FhirDateTime | None = None
+    effective_instant: FhirDateTime | None = None
+    effective_period: Period | None = None
+    issued: FhirDateTime | None = None
+    value_quantity: Quantity | None = None
+    value_codeable_concept: CodeableConcept | None = None
+    value_boolean: bool | None = None
+    value_integer: int | None = None
+    value_string: str | None = None
+    data_absent_reason: CodeableConcept | None = None
+    interpretation: tuple[CodeableConcept, ...] = ()
+    body_site: CodeableConcept | None = None
+    reference_range: tuple[ReferenceRange, ...] = ()
+    component: tuple[ObservationComponent, ...] = ()
+
+
+class Condition(FhirModel):
+    resource_type: Literal["Condition"] = Field(alias="resourceType")
+    id: FhirId | None = None
+    clinical_status: CodeableConcept | None = None
+    verification_status: CodeableConcept | None = None
+    category: tuple[CodeableConcept, ...] = ()
+    code: CodeableConcept | None = None
+    body_site: tuple[CodeableConcept, ...] = ()
+    subject: Reference | None = None
+    onset_date_time: FhirDateTime | None = None
+    onset_period: Period | None = None
+    abatement_date_time: FhirDateTime | None = None
+    abatement_period: Period | None = None
+    recorded_date: FhirDateTime | None = None
+
+
+class MedicationStatement(FhirModel):
+    resource_type: Literal["MedicationStatement"] = Field(alias="resourceType")
+    id: FhirId | None = None
+    status: str | None = None
+    medication_codeable_concept: CodeableConcept | None = None
+    subject: Reference | None = None
+    effective_date_time: FhirDateTime | None = None
+    effective_period: Period | None = None
+    date_asserted: FhirDateTime | None = None
+
+
+class ServiceRequest(FhirModel):
+    resource_type: Literal["ServiceRequest"] = Field(alias="resourceType")
+    id: FhirId | None = None
+    status: str | None = None
+    intent: str | None = None
+    code: CodeableConcept | None = None
+    subject: Reference | None = None
+    reason_code: tuple[CodeableConcept, ...] = ()
+    authored_on: FhirDateTime | None = None
+    occurrence_date_time: FhirDateTime | None = None
+    occurrence_period: Period | None = None
+
+
+class DiagnosticReport(FhirModel):
+    resource_type: Literal["DiagnosticReport"] = Field(alias="resourceType")
+    id: FhirId | None = None
+    status: str | None = None
+    code: CodeableConcept
+    subject: Reference | None = None
+    effective_date_time: FhirDateTime | None = None
+    effective_period: Period | None = None
+    issued: FhirDateTime | None = None
+
+
+class Procedure(FhirModel):
+    resource_type: Literal["Procedure"] = Field(alias="resourceType")
+    id: FhirId | None = None
+    status: str | None = None
+    code: CodeableConcept | None = None
+    subject: Reference | None = None
+    performed_date_time: FhirDateTime | None = None
+    performed_period: Period | None = None
+
+
+class OperationOutcomeIssue(FhirModel):
+    severity: str | None = None
+    code: str | None = None
+    diagnostics: str | None = None
+
+
+class OperationOutcome(FhirModel):
+    resource_type: Literal["OperationOutcome"] = Field(alias="resourceType")
+    issue: tuple[OperationOutcomeIssue, ...] = ()
+
+
+class OtherResource(FhirModel):
+    """Any resource type the service does not read: only its type is kept."""
+
+    resource_type: ResourceTypeName = Field(alias="resourceType")
+    id: FhirId | None = None
+
+
+class BundleLink(FhirModel):
+    relation: str
+    url: str
+
+
+class BundleEntry(FhirModel):
+    full_url: str | None = None
+    resource: Resource | None = None
+
+
+class Bundle(FhirModel):
+    resource_type: Literal["Bundle"] = Field(alias="resourceType")
+    id: FhirId | None = None
+    type: str | None = None  # the CDS Hooks sandbox sends draftOrders without one
+    total: int | None = None
+    link: tuple[BundleLink, ...] = ()
+    entry: tuple[BundleEntry, ...] = ()
+
+    def next_url(self) -> str | None:
+        """The ``link[relation=next]`` URL of a paginated search result, if any."""
+        return next((link.url for link in self.link if link.relation == "next"), None)
+
+
+READ_TYPES: frozenset[str] = frozenset(
+    {
+        "Patient",
+        "Observation",
+        "Condition",
+        "MedicationStatement",
+        "ServiceRequest",
+        "DiagnosticReport",
+        "Procedure",
+        "OperationOutcome",
+        "Bundle",
+    }
+)
+
+
+def _resource_tag(value: Any) -> str:
+    rtype = value.get("resourceType") if isinstance(value, dict) else getattr(value, "resource_type", None)
+    return rtype if rtype in READ_TYPES else "other"
+
+
+Resource = Annotated[
+    Annotated[Patient, Tag("Patient")]
+    | Annotated[Observation, Tag("Observation")]
+    | Annotated[Condition, Tag("Condition")]
+    | Annotated[MedicationStatement, Tag("MedicationStatement")]
+    | Annotated[ServiceRequest, Tag("ServiceRequest")]
+    | Annotated[DiagnosticReport, Tag("DiagnosticReport")]
+    | Annotated[Procedure, Tag("Procedure")]
+    | Annotated[OperationOutcome, Tag("OperationOutcome")]
+    | Annotated[Bundle, Tag("Bundle")]
+    | Annotated[OtherResource, Tag("other")],
+    Discriminator(_resource_tag),
+]
+"""Any FHIR resource, parsed by its ``resourceType``."""
+
+# Tags that appear in validation-error locations and are not part of the JSON path.
+UNION_TAGS: frozenset[str] = READ_TYPES | {"other"}
+
+BundleEntry.model_rebuild()
+
+
+def iter_resources(value: Resource | None) -> list[Any]:
+    """Flatten a prefetch value (a resource, a Bundle, possibly nested, or None) into resources."""
+    if value is None:
+        return []
+    if isinstance(value, Bundle):
+        out: list[Any] = []
+        for entry in value.entry:
+            out.extend(iter_resources(entry.resource))
+        return out
+    return [value]

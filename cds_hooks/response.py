@@ -1,0 +1,145 @@
+"""CDS Hooks 2.0 responses, discovery and feedback.
+
+Sources: CDS Hooks 2.0 "CDS Service Response" (Card, Source, Suggestion, Action, Link, systemActions),
+"Discovery", and "Feedback". Everything serialises without null or empty values ("Use of JSON"), except
+the required ``cards`` array, which is empty when the service has no guidance.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import Field, StringConstraints, TypeAdapter, model_validator
+
+from cds_hooks.base import WireModel
+from cds_hooks.fhirtime import FHIR_DATETIME_PATTERN
+
+Indicator = Literal["info", "warning", "critical"]
+INDICATOR_RANK: dict[str, int] = {"info": 0, "warning": 1, "critical": 2}
+
+
+class Coding(WireModel):
+    system: str | None = None
+    code: str
+    display: str | None = None
+    version: str | None = None
+
+
+class Source(WireModel):
+    label: str
+    url: str | None = None
+    icon: str | None = None
+    topic: Coding | None = None
+
+
+class Link(WireModel):
+    label: str
+    url: str
+    type: Literal["absolute", "smart"] = "absolute"
+    app_context: str | None = None
+    autolaunchable: bool | None = None
+
+
+class Action(WireModel):
+    type: Literal["create", "update", "delete"]
+    description: str
+    resource: dict[str, Any] | None = None
+    resource_id: str | None = None
+
+    @model_validator(mode="after")
+    def _resource_for_type(self) -> Action:
+        # CDS Hooks 2.0: create/update carry the resource; delete names it with resourceId.
+        if self.type in ("create", "update") and self.resource is None:
+            raise ValueError(f"a {self.type} action needs a resource")
+        if self.type == "delete" and self.resource_id is None:
+            raise ValueError("a delete action needs a resourceId")
+        return self
+
+
+class Suggestion(WireModel):
+    label: str
+    uuid: str | None = None
+    is_recommended: bool | None = None
+    actions: tuple[Action, ...] = ()
+
+
+class Card(WireModel):
+    uuid: str | None = None
+    # CDS Hooks 2.0: summary is a "<140-character summary message".
+    summary: str = Field(max_length=139)
+    detail: str | None = None
+    indicator: Indicator
+    source: Source
+    suggestions: tuple[Suggestion, ...] = ()
+    selection_behavior: Literal["at-most-one", "any"] | None = None
+    override_reasons: tuple[Coding, ...] = ()
+    links: tuple[Link, ...] = ()
+    extension: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _selection_with_suggestions(self) -> Card:
+        if self.suggestions and self.selection_behavior is None:
+            raise ValueError("selectionBehavior is required when a card has suggestions")
+        if any(reason.display is None for reason in self.override_reasons):
+            raise ValueError("every override reason needs a display")
+        return self
+
+
+class CdsResponse(WireModel):
+    keep_empty: ClassVar[frozenset[str]] = frozenset({"cards"})
+
+    cards: tuple[Card, ...] = ()
+    system_actions: tuple[Action, ...] = ()
+    extension: dict[str, Any] | None = None
+
+
+class CdsService(WireModel):
+    hook: str
+    title: str | None = None
+    description: str
+    id: str
+    prefetch: dict[str, str] = Field(default_factory=dict)
+    usage_requirements: str | None = None
+    extension: dict[str, Any] | None = None
+
+
+class Discovery(WireModel):
+    keep_empty: ClassVar[frozenset[str]] = frozenset({"services"})
+
+    services: tuple[CdsService, ...] = ()
+
+
+Rfc3339 = Annotated[str, StringConstraints(pattern=FHIR_DATETIME_PATTERN, min_length=20)]
+
+
+class AcceptedSuggestion(WireModel):
+    id: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+
+
+class OverrideReason(WireModel):
+    reason: Coding | None = None
+    user_comment: Annotated[str, StringConstraints(max_length=4000)] | None = None
+
+
+class FeedbackItem(WireModel):
+    card: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    outcome: Literal["accepted", "overridden"]
+    accepted_suggestions: tuple[AcceptedSuggestion, ...] = ()
+    override_reason: OverrideReason | None = None
+    outcome_timestamp: Rfc3339
+
+    @model_validator(mode="after")
+    def _consistent_outcome(self) -> FeedbackItem:
+        # CDS Hooks 2.0: acceptedSuggestions is "Required for accepted outcomes".
+        if self.outcome == "accepted" and not self.accepted_suggestions:
+            raise ValueError("acceptedSuggestions is required when outcome is 'accepted'")
+        if self.outcome == "accepted" and self.override_reason is not None:
+            raise ValueError("overrideReason is only allowed when outcome is 'overridden'")
+        return self
+
+
+class Feedback(WireModel):
+    feedback: tuple[FeedbackItem, ...] = Field(min_length=1, max_length=1000)
+
+
+FEEDBACK: TypeAdapter[Feedback] = TypeAdapter(Feedback)
