@@ -1,0 +1,49 @@
+"""Errors in rule files as data: where, what, and how to fix it, rendered GCC-style.
+
+rules/catalog/rf-ces.yaml:12:9: error: unknown value set 'sphincter-disturbanse'
+  help: did you mean 'sphincter-disturbance'?
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Diagnostic:
+    """One problem in one file, at a 1-based line and column."""
+
+    path: str
+    line: int
+    column: int
+    message: str
+    severity: Literal["error", "warning"] = "error"
+    help: str | None = None
+
+    def render(self) -> str:
+        """``path:line:col: severity: message`` and, when there is one, an indented ``help:`` line."""
+        text = f"{self.path}:{self.line}:{self.column}: {self.severity}: {self.message}"
+        return f"{text}\n  help: {self.help}" if self.help else text
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
+    """A ``did you mean 'x'?`` hint when a close match exists."""
+    match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.75)
+    return f"did you mean {match[0]!r}?" if match else None
+
+
+def render_all(diagnostics: Iterable[Diagnostic]) -> str:
+    """All diagnostics, sorted by file and position, one block each."""
+    return "\n".join(d.render() for d in sorted(diagnostics))
+
+
+class RuleSetError(Exception):
+    """The catalogue is invalid; carries every diagnostic found, not just the first."""
+
+    def __init__(self, diagnostics: list[Diagnostic]) -> None:
+        self.diagnostics = sorted(diagnostics)
+        errors = sum(1 for d in self.diagnostics if d.severity == "error")
+        super().__init__(f"{errors} error(s) in the rule catalogue\n{render_all(self.diagnostics)}")

@@ -1,0 +1,74 @@
+"""Prefetch templates derived from what the loaded rules read, so the EHR sends exactly what is needed.
+
+One template per resource type, each asking only for the codes some rule of that hook reads: findings
+(Observation, Condition), medications (MedicationStatement), and orders and results (ServiceRequest,
+DiagnosticReport) for the codes the rules check or suggest.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from rules.engine.schema import ALL_HOOKS
+from rules.engine.terminology import CodeKey
+
+if TYPE_CHECKING:
+    from rules.engine.ruleset import CompiledRule, RuleSet
+
+LOINC = "http://loinc.org"
+_PATIENT = "{{context.patientId}}"
+
+
+def _search(resource_type: str, codes: set[CodeKey]) -> str:
+    tokens = ",".join(f"{system}|{code}" for system, code in sorted(codes))
+    return f"{resource_type}?patient={_PATIENT}&code={tokens}"
+
+
+def _closure(ruleset: RuleSet, hook: str) -> list[CompiledRule]:
+    """The hook's rules, plus the rules they reference and the cards they consolidate into."""
+    todo = [rule.id for rule in ruleset.rules_for(hook)]
+    seen: dict[str, CompiledRule] = {}
+    while todo:
+        rule = ruleset.by_id[todo.pop()]
+        if rule.id in seen:
+            continue
+        seen[rule.id] = rule
+        todo.extend(rule.rule_refs)
+        if rule.consolidate_into:
+            todo.append(rule.consolidate_into)
+    return list(seen.values())
+
+
+def prefetch_templates(ruleset: RuleSet) -> dict[str, dict[str, str]]:
+    """Per hook, the prefetch templates (key → FHIR query) its CDS service declares in discovery."""
+    out: dict[str, dict[str, str]] = {}
+    for hook in ALL_HOOKS:
+        rules = _closure(ruleset, hook)
+        if not rules:
+            continue
+        findings: set[CodeKey] = set(ruleset.context.keys)
+        medications: set[CodeKey] = set()
+        orders: set[CodeKey] = set()
+        for rule in rules:
+            for name in rule.reads:
+                findings |= ruleset.valuesets[name].keys
+            for name in rule.reads_medications:
+                medications |= ruleset.valuesets[name].keys
+            for name in rule.reads_orders:
+                orders |= ruleset.valuesets[name].keys
+            if rule.card is not None:
+                orders.update(s.code for s in rule.card.suggestions)
+        templates = {"patient": f"Patient/{_PATIENT}"}
+        conditions = {key for key in findings if key[0] != LOINC}
+        if conditions:
+            templates["conditions"] = _search("Condition", conditions)
+        templates["observations"] = _search("Observation", findings | {k for k in orders if k[0] == LOINC})
+        if medications:
+            templates["medications"] = _search("MedicationStatement", medications)
+        if orders:
+            templates["servicerequests"] = _search("ServiceRequest", orders)
+            results = {key for key in orders if key[0] == LOINC}
+            if results:
+                templates["diagnosticreports"] = _search("DiagnosticReport", results)
+        out[hook] = templates
+    return out

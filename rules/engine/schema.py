@@ -1,0 +1,367 @@
+"""The rule-file language, as pydantic models: the single source of truth for what a file may say.
+
+A rule file holds one rule (id = file stem); a value-set file holds one value set; ``terminology.yaml``
+lists the codes either may use. Codes are written ``alias:code`` (``snomed:267064002``,
+``loinc:30679-5``) with the aliases of the terminology file. Durations are ``<n>h``, ``<n>d``, ``<n>w``
+or ``<n>y``. The JSON Schema editors use is generated from these models.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, model_validator
+
+Hook = Literal["patient-view", "encounter-start", "order-select", "order-sign"]
+ALL_HOOKS: tuple[Hook, ...] = ("patient-view", "encounter-start", "order-select", "order-sign")
+Category = Literal["red-flag", "test", "referral", "differential", "advice"]
+IndicatorName = Literal["info", "warning", "critical"]
+Priority = Literal["stat", "asap", "urgent", "routine"]
+
+Duration = Annotated[str, StringConstraints(pattern=r"^[1-9][0-9]{0,4}(h|d|w|y)$")]
+CodeRef = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]*:[^\s:]+$")]
+Name = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$", max_length=80)]
+Url = Annotated[str, StringConstraints(pattern=r"^https?://\S+$")]
+# A test-case time: an absolute FHIR date/dateTime, "now", or an offset before now such as "-6d".
+TestTime = Annotated[str, StringConstraints(pattern=r"^(now|-[0-9]{1,5}(h|d|w|y)|[0-9]{4}(-.*)?)$")]
+
+
+def _as_tuple(value: Any) -> Any:
+    """YAML has no tuples: accept a list where a fixed-length pair is expected."""
+    return tuple(value) if isinstance(value, list) else value
+
+
+AsTuple = BeforeValidator(_as_tuple)
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors and types are exact, so a typo never passes silently."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
+
+
+def _exactly_one(model: BaseModel, what: str) -> None:
+    given = [name for name in type(model).model_fields if getattr(model, name) is not None]
+    if len(given) != 1:
+        keys = ", ".join(f.alias or n for n, f in type(model).model_fields.items())
+        raise ValueError(f"{what} needs exactly one of: {keys} (found {len(given)})")
+
+
+def _some_bound(model: BaseModel, what: str) -> None:
+    if all(getattr(model, key) is None for key in ("gt", "gte", "lt", "lte")):
+        raise ValueError(f"{what} needs at least one of gt, gte, lt, lte")
+
+
+# ---- value sets and terminology --------------------------------------------------------------------
+
+
+class ValueSetEntry(Strict):
+    code: CodeRef
+    body_site: CodeRef | None = None  # the finding counts only with this bodySite
+
+
+class ValueSetFile(Strict):
+    valueset: Name
+    title: str
+    description: str | None = None
+    knowledge_base: str | None = None  # the knowledge base's name for it, e.g. VS-SPHINCTER
+    codes: list[CodeRef | ValueSetEntry] = Field(default_factory=list)
+    # Case-insensitive regular expressions matched against CodeableConcept.text and Coding.display, for
+    # EHRs that record a finding only as text.
+    text: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> ValueSetFile:
+        if not self.codes and not self.text:
+            raise ValueError("a value set needs codes or text patterns")
+        return self
+
+
+class TerminologyFile(Strict):
+    systems: dict[str, Url | Annotated[str, StringConstraints(pattern=r"^urn:\S+$")]]
+    codes: dict[str, dict[str, str]]
+
+
+# ---- conditions -------------------------------------------------------------------------------------
+
+
+class FindingQuery(Strict):
+    """Observations, Conditions or Procedures coded from a value set (knowledge base Part B)."""
+
+    valueset: Name | list[Name]
+    present: bool = True  # false: the finding was explicitly recorded as absent
+    within: Duration | None = None  # recorded within this long before now
+    new: bool = False  # onset within 14 days and not pre-existing (recorded > 90 days earlier)
+    history: bool = False  # Conditions count whatever their clinicalStatus (malignancy, osteoporosis)
+    laterality: Literal["bilateral", "unilateral", "left", "right"] | None = None
+    interpretation: list[CodeRef] | None = None  # e.g. v3-interpretation:W (worse)
+    resource: Literal["Observation", "Condition", "Procedure"] | None = None
+
+
+class QuantityQuery(Strict):
+    """A measured value from a value set, converted to ``unit`` (UCUM) before comparing."""
+
+    valueset: Name
+    unit: str
+    gt: float | None = None
+    gte: float | None = None
+    lt: float | None = None
+    lte: float | None = None
+    above_range: bool = False  # above referenceRange.high or flagged H/HH; gt/gte only when no range
+    within: Duration | None = None
+    plausible: Annotated[tuple[float, float], AsTuple] | None = None  # values outside are ignored (and noted)
+
+    @model_validator(mode="after")
+    def _bounded(self) -> QuantityQuery:
+        if not self.above_range:
+            _some_bound(self, "quantity")
+        return self
+
+
+class AgeQuery(Strict):
+    """Age in completed years at ``now``; false when the birth date is unknown."""
+
+    gt: int | None = None
+    gte: int | None = None
+    lt: int | None = None
+    lte: int | None = None
+
+    @model_validator(mode="after")
+    def _bounded(self) -> AgeQuery:
+        _some_bound(self, "age")
+        return self
+
+
+class EpisodeQuery(Strict):
+    """Duration of the current low back pain episode; false when it is unknown (unless ``known: false``)."""
+
+    gt: Duration | None = None
+    gte: Duration | None = None
+    lt: Duration | None = None
+    lte: Duration | None = None
+    known: bool | None = None
+
+    @model_validator(mode="after")
+    def _bounded(self) -> EpisodeQuery:
+        if self.known is None:
+            _some_bound(self, "episode")
+        return self
+
+
+class MedicationQuery(Strict):
+    """A MedicationStatement that counts (Part B1), optionally taken for at least ``min_duration``."""
+
+    valueset: Name
+    min_duration: Duration | None = None
+
+
+OrderStatus = Literal["draft", "active", "on-hold", "completed"]
+_DONE_OR_PENDING: tuple[OrderStatus, ...] = ("active", "completed")
+
+
+class OrderQuery(Strict):
+    """ServiceRequests from prefetch, or the hook's draft orders (``status: [draft]``)."""
+
+    valueset: Name
+    status: list[OrderStatus] = Field(default_factory=lambda: list(_DONE_OR_PENDING))
+    within: Duration | None = None
+
+
+class AtLeast(Strict):
+    count: int = Field(ge=1)
+    of: list[Condition] = Field(min_length=1)
+
+
+class Condition(Strict):
+    """One node of a rule's ``when``: exactly one key."""
+
+    all: list[Condition] | None = Field(default=None, min_length=1)
+    any: list[Condition] | None = Field(default=None, min_length=1)
+    not_: Condition | None = Field(default=None, alias="not")
+    at_least: AtLeast | None = None
+    finding: FindingQuery | None = None
+    quantity: QuantityQuery | None = None
+    age: AgeQuery | None = None
+    gender: Literal["female", "male", "other", "unknown"] | None = None
+    episode: EpisodeQuery | None = None
+    medication: MedicationQuery | None = None
+    order: OrderQuery | None = None
+    rule: Name | None = None  # another rule's condition holds (before precedence)
+    hook: list[Hook] | None = None
+
+    @model_validator(mode="after")
+    def _one_key(self) -> Condition:
+        _exactly_one(self, "a condition")
+        return self
+
+
+# ---- cards ------------------------------------------------------------------------------------------
+
+
+class SuggestionSpec(Strict):
+    """A test or referral, offered as an action creating a draft ServiceRequest."""
+
+    label: Annotated[str, StringConstraints(min_length=3, max_length=120)]
+    order: CodeRef
+    priority: Priority
+    recommended: bool = True
+    window: Duration = "6w"  # not suggested again when already active/done within this window
+
+
+class LinkSpec(Strict):
+    label: str
+    url: Url
+
+
+class SourceSpec(Strict):
+    label: str
+    url: Url
+
+
+class CardSpec(Strict):
+    # CDS Hooks 2.0: summary is a "<140-character summary message".
+    summary: Annotated[str, StringConstraints(min_length=10, max_length=139)]
+    detail: Annotated[str, StringConstraints(min_length=10)]
+    source: SourceSpec
+    links: list[LinkSpec] = Field(default_factory=list)
+    reason: CodeRef | None = None  # what the orders are for: first reasonCode of every suggestion
+    suggestions: list[SuggestionSpec] = Field(default_factory=list)
+    selection: Literal["any", "at-most-one"] = "any"
+
+
+class References(Strict):
+    knowledge_base: str  # the rule's number in the knowledge base, e.g. R01
+    guidelines: list[str] = Field(min_length=1)
+    seed: list[str] = Field(default_factory=list)
+
+
+# ---- embedded tests ---------------------------------------------------------------------------------
+
+
+class PatientSpec(Strict):
+    id: str = "test-patient"
+    gender: Literal["female", "male", "other", "unknown"] | None = None
+    birth_date: str | None = Field(default=None, alias="birthDate")
+    age: int | None = Field(default=None, ge=0, le=130)  # shorthand: a birth date giving this age at now
+
+
+class RecordSpec(Strict):
+    """One FHIR resource in compact form (see docs/rules-guide.md), or a raw one under ``fhir``."""
+
+    observation: CodeRef | None = Field(default=None, alias="Observation")
+    condition: CodeRef | None = Field(default=None, alias="Condition")
+    medication_statement: CodeRef | None = Field(default=None, alias="MedicationStatement")
+    service_request: CodeRef | None = Field(default=None, alias="ServiceRequest")
+    diagnostic_report: CodeRef | None = Field(default=None, alias="DiagnosticReport")
+    procedure: CodeRef | None = Field(default=None, alias="Procedure")
+    fhir: dict[str, Any] | None = None
+    id: str | None = None
+    text: str | None = None
+    value: bool | CodeRef | Annotated[tuple[float, str], AsTuple] | None = None
+    date: TestTime | None = None
+    period: Annotated[tuple[TestTime, TestTime | None], AsTuple] | None = None
+    recorded: TestTime | None = None
+    abatement: TestTime | None = None
+    status: str | None = None
+    clinical: str | None = None
+    verification: str | None = None
+    body_site: list[CodeRef] = Field(default_factory=list)
+    laterality: Literal["left", "right", "bilateral"] | None = None
+    interpretation: list[CodeRef] = Field(default_factory=list)
+    range: Annotated[tuple[float | None, float | None], AsTuple] | None = None
+    absent_reason: bool = False
+    subject: str | None = None
+
+    @model_validator(mode="after")
+    def _one_resource(self) -> RecordSpec:
+        kinds = (
+            "observation",
+            "condition",
+            "medication_statement",
+            "service_request",
+            "diagnostic_report",
+            "procedure",
+            "fhir",
+        )
+        if sum(getattr(self, kind) is not None for kind in kinds) != 1:
+            raise ValueError(
+                "a record needs exactly one of: Observation, Condition, MedicationStatement, "
+                "ServiceRequest, DiagnosticReport, Procedure, fhir"
+            )
+        return self
+
+
+class Expectation(Strict):
+    fired: bool
+    indicator: IndicatorName | None = None
+    suggestions: list[
+        Annotated[str, StringConstraints(pattern=r"^\S+:\S+( (stat|asap|urgent|routine))?$")]
+    ] = Field(default_factory=list)
+    absent_suggestions: list[CodeRef] = Field(default_factory=list)
+    suppressed_by: Name | None = None
+    summary_contains: str | None = None
+    detail_contains: list[str] = Field(default_factory=list)
+    cards: int | None = Field(default=None, ge=0)  # cards in the whole response
+
+
+class TestCase(Strict):
+    name: Annotated[str, StringConstraints(min_length=3, max_length=120)]
+    now: Annotated[str, StringConstraints(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T.*$")]
+    hook: Hook = "patient-view"
+    patient: PatientSpec | None = None
+    records: list[RecordSpec] = Field(default_factory=list)
+    draft_orders: list[RecordSpec] = Field(default_factory=list)
+    expect: Expectation
+    xfail: str | None = None  # a known gap: the case must fail, and says why
+
+
+class RuleFile(Strict):
+    id: Name
+    title: Annotated[str, StringConstraints(min_length=5, max_length=120)]
+    category: Category
+    indicator: IndicatorName
+    hooks: list[Hook] = Field(default_factory=lambda: list(ALL_HOOKS), min_length=1)
+    when: Condition
+    card: CardSpec | None = None
+    consolidate_into: Name | None = None  # show this rule's evidence on that rule's card
+    suppresses: list[Name] = Field(default_factory=list)
+    references: References
+    tests: list[TestCase] = Field(min_length=2)
+
+    @model_validator(mode="after")
+    def _card_or_target(self) -> RuleFile:
+        if (self.card is None) == (self.consolidate_into is None):
+            raise ValueError("a rule needs either its own card or consolidate_into, not both")
+        return self
+
+
+Condition.model_rebuild()
+AtLeast.model_rebuild()
+
+ALL_KEYS: frozenset[str] = frozenset(
+    (field.alias or name)
+    for model in (
+        ValueSetEntry,
+        ValueSetFile,
+        FindingQuery,
+        QuantityQuery,
+        AgeQuery,
+        EpisodeQuery,
+        MedicationQuery,
+        OrderQuery,
+        AtLeast,
+        Condition,
+        SuggestionSpec,
+        LinkSpec,
+        SourceSpec,
+        CardSpec,
+        References,
+        PatientSpec,
+        RecordSpec,
+        Expectation,
+        TestCase,
+        RuleFile,
+    )
+    for name, field in model.model_fields.items()
+)
+"""Every key the language knows, for did-you-mean hints."""

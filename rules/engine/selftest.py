@@ -1,0 +1,397 @@
+"""Running the test cases embedded in rule files.
+
+Each case's compact records are expanded into real FHIR R4 JSON, wrapped in a real CDS Hooks request,
+parsed by the same code as a live request, and evaluated at the case's pinned ``now``. The expectation
+is partial: only what it names is checked. A case marked ``xfail`` must fail; if it passes, that is
+reported as a failure too, so a fixed gap is noticed.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+
+import orjson
+
+from cds_hooks.fhirtime import parse_fhir_datetime
+from cds_hooks.request import parse_hook_request
+from cds_hooks.response import Card
+from rules.engine.conditions import parse_duration
+from rules.engine.evaluate import Evaluation, evaluate
+from rules.engine.ruleset import CompiledRule, RuleSet
+from rules.engine.schema import RecordSpec, TestCase
+from rules.engine.terminology import Terminology
+
+UCUM = "http://unitsofmeasure.org"
+_CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
+_VERIFICATION = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
+_SIDE = {"left": "7771000", "right": "24028007", "bilateral": "51440002"}
+_SIDE_DISPLAY = {"left": "Left", "right": "Right", "bilateral": "Right and left"}
+_NS = uuid.UUID("6b1f3c2e-2f45-4c8e-9d0b-1c3a5e7f9a21")
+
+
+@dataclass
+class CaseResult:
+    """The outcome of one embedded test case."""
+
+    rule_id: str
+    name: str
+    path: str
+    line: int
+    failures: list[str] = field(default_factory=list)
+    xfail: str | None = None
+    evaluation: Evaluation | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Passed, or failed as its ``xfail`` says it should."""
+        return bool(self.failures) if self.xfail else not self.failures
+
+    def report(self) -> str:
+        head = f"{self.path}:{self.line}: {self.rule_id} :: {self.name}"
+        if self.xfail and not self.failures:
+            return f"{head}\n  unexpectedly passed (xfail: {self.xfail})"
+        return "\n".join([head, *(f"  {line}" for line in self.failures)])
+
+
+class _Builder:
+    def __init__(self, case: TestCase, terminology: Terminology) -> None:
+        self.case = case
+        self.terminology = terminology
+        self.now = parse_fhir_datetime(case.now).start
+        self.patient_id = case.patient.id if case.patient else "test-patient"
+        self.counter = 0
+
+    def time(self, text: str) -> str:
+        if text == "now":
+            return _iso(self.now)
+        if text.startswith("-"):
+            return _iso(self.now - parse_duration(text[1:]))
+        return text
+
+    def concept(self, ref: str, text: str | None = None) -> dict[str, Any]:
+        system, code = self.terminology.split(ref)
+        coding: dict[str, Any] = {"system": system, "code": code}
+        display = self.terminology.displays.get((system, code)) if system else None
+        if display:
+            coding["display"] = display
+        concept: dict[str, Any] = {"coding": [coding]}
+        if text:
+            concept["text"] = text
+        return concept
+
+    def next_id(self, prefix: str) -> str:
+        self.counter += 1
+        return f"{prefix}-{self.counter}"
+
+    def patient(self) -> dict[str, Any] | None:
+        spec = self.case.patient
+        if spec is None:
+            return None
+        resource: dict[str, Any] = {"resourceType": "Patient", "id": spec.id}
+        if spec.gender:
+            resource["gender"] = spec.gender
+        if spec.birth_date:
+            resource["birthDate"] = spec.birth_date
+        elif spec.age is not None:
+            day = min(self.now.day, 28) if self.now.month == 2 else self.now.day
+            resource["birthDate"] = date(self.now.year - spec.age, self.now.month, day).isoformat()
+        return resource
+
+    def resource(self, spec: RecordSpec) -> dict[str, Any]:
+        if spec.fhir is not None:
+            return dict(spec.fhir)
+        subject = {"reference": spec.subject or f"Patient/{self.patient_id}"}
+        if spec.observation:
+            return self._observation(spec, subject)
+        if spec.condition:
+            return self._condition(spec, subject)
+        if spec.medication_statement:
+            out: dict[str, Any] = {
+                "resourceType": "MedicationStatement",
+                "id": spec.id or self.next_id("med"),
+                "status": spec.status or "active",
+                "subject": subject,
+                "medicationCodeableConcept": self.concept(spec.medication_statement, spec.text),
+            }
+            self._when(out, spec, "effective")
+            return out
+        if spec.service_request:
+            out = {
+                "resourceType": "ServiceRequest",
+                "id": spec.id or self.next_id("sr"),
+                "status": spec.status or "active",
+                "intent": "order",
+                "subject": subject,
+                "code": self.concept(spec.service_request, spec.text),
+            }
+            if spec.date:
+                out["authoredOn"] = self.time(spec.date)
+            return out
+        if spec.diagnostic_report:
+            out = {
+                "resourceType": "DiagnosticReport",
+                "id": spec.id or self.next_id("dr"),
+                "status": spec.status or "final",
+                "subject": subject,
+                "code": self.concept(spec.diagnostic_report, spec.text),
+            }
+            self._when(out, spec, "effective")
+            return out
+        assert spec.procedure is not None
+        out = {
+            "resourceType": "Procedure",
+            "id": spec.id or self.next_id("proc"),
+            "status": spec.status or "completed",
+            "subject": subject,
+            "code": self.concept(spec.procedure, spec.text),
+        }
+        self._when(out, spec, "performed")
+        return out
+
+    def _when(self, out: dict[str, Any], spec: RecordSpec, prefix: str) -> None:
+        if spec.period is not None:
+            period = {"start": self.time(spec.period[0])}
+            if spec.period[1]:
+                period["end"] = self.time(spec.period[1])
+            out[f"{prefix}Period"] = period
+        elif spec.date:
+            out[f"{prefix}DateTime"] = self.time(spec.date)
+
+    def _observation(self, spec: RecordSpec, subject: dict[str, Any]) -> dict[str, Any]:
+        assert spec.observation is not None
+        out: dict[str, Any] = {
+            "resourceType": "Observation",
+            "id": spec.id or self.next_id("obs"),
+            "status": spec.status or "final",
+            "code": self.concept(spec.observation, spec.text),
+            "subject": subject,
+        }
+        self._when(out, spec, "effective")
+        if isinstance(spec.value, bool):
+            out["valueBoolean"] = spec.value
+        elif isinstance(spec.value, str):
+            out["valueCodeableConcept"] = self.concept(spec.value)
+        elif spec.value is not None:
+            number, unit = spec.value
+            out["valueQuantity"] = {"value": number, "unit": unit, "system": UCUM, "code": unit}
+        if spec.range is not None:
+            range_unit = spec.value[1] if isinstance(spec.value, tuple) else None
+            rng: dict[str, Any] = {}
+            for key, bound in zip(("low", "high"), spec.range, strict=True):
+                if bound is not None:
+                    units = {"unit": range_unit, "system": UCUM, "code": range_unit} if range_unit else {}
+                    rng[key] = {"value": bound, **units}
+            out["referenceRange"] = [rng]
+        if spec.body_site:
+            out["bodySite"] = {"coding": [c for ref in spec.body_site for c in self.concept(ref)["coding"]]}
+        if spec.laterality:
+            out["component"] = [
+                {
+                    "code": self.concept("snomed:272741003"),
+                    "valueCodeableConcept": self.concept(f"snomed:{_SIDE[spec.laterality]}"),
+                }
+            ]
+        if spec.interpretation:
+            out["interpretation"] = [self.concept(ref) for ref in spec.interpretation]
+        if spec.absent_reason:
+            out["dataAbsentReason"] = {
+                "coding": [
+                    {"system": "http://terminology.hl7.org/CodeSystem/data-absent-reason", "code": "unknown"}
+                ]
+            }
+        return out
+
+    def _condition(self, spec: RecordSpec, subject: dict[str, Any]) -> dict[str, Any]:
+        assert spec.condition is not None
+        out: dict[str, Any] = {
+            "resourceType": "Condition",
+            "id": spec.id or self.next_id("cond"),
+            "clinicalStatus": {"coding": [{"system": _CLINICAL, "code": spec.clinical or "active"}]},
+            "verificationStatus": {
+                "coding": [{"system": _VERIFICATION, "code": spec.verification or "confirmed"}]
+            },
+            "code": self.concept(spec.condition, spec.text),
+            "subject": subject,
+        }
+        if spec.date:
+            out["onsetDateTime"] = self.time(spec.date)
+        elif spec.period is not None:
+            out["onsetPeriod"] = {"start": self.time(spec.period[0])}
+        if spec.recorded:
+            out["recordedDate"] = self.time(spec.recorded)
+        if spec.abatement:
+            out["abatementDateTime"] = self.time(spec.abatement)
+        sites = [c for ref in spec.body_site for c in self.concept(ref)["coding"]]
+        if spec.laterality:
+            sites.append(
+                {
+                    "system": "http://snomed.info/sct",
+                    "code": _SIDE[spec.laterality],
+                    "display": _SIDE_DISPLAY[spec.laterality],
+                }
+            )
+        if sites:
+            out["bodySite"] = [{"coding": sites}]
+        return out
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _bundle(resources: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": len(resources),
+        "entry": [{"resource": r} for r in resources],
+    }
+
+
+_KEYS = {
+    "Observation": "observations",
+    "Condition": "conditions",
+    "MedicationStatement": "medications",
+    "ServiceRequest": "servicerequests",
+    "DiagnosticReport": "diagnosticreports",
+    "Procedure": "procedures",
+}
+
+
+def build_request(case: TestCase, rule_id: str, ruleset: RuleSet) -> dict[str, Any]:
+    """The CDS Hooks request (wire JSON) a case describes, with every prefetch key the hook declares."""
+    builder = _Builder(case, ruleset.terminology)
+    grouped: dict[str, list[dict[str, Any]]] = {
+        key: [] for key in ruleset.prefetch.get(case.hook, {}) if key != "patient"
+    }
+    for spec in case.records:
+        resource = builder.resource(spec)
+        grouped.setdefault(_KEYS.get(resource.get("resourceType", ""), "other"), []).append(resource)
+    prefetch: dict[str, Any] = {"patient": builder.patient()}
+    prefetch.update({key: _bundle(items) for key, items in grouped.items()})
+    context: dict[str, Any] = {"userId": "Practitioner/test-clinician", "patientId": builder.patient_id}
+    if case.hook == "encounter-start":
+        context["encounterId"] = "test-encounter"
+    if case.hook in ("order-select", "order-sign"):
+        drafts = []
+        for spec in case.draft_orders:
+            resource = builder.resource(spec)
+            resource["status"] = "draft"
+            drafts.append(resource)
+        context["draftOrders"] = {
+            "resourceType": "Bundle",
+            "type": "collection",
+            "entry": [{"resource": r} for r in drafts],
+        }
+        if case.hook == "order-select":
+            context["selections"] = [f"{r['resourceType']}/{r['id']}" for r in drafts]
+    return {
+        "hook": case.hook,
+        "hookInstance": str(uuid.uuid5(_NS, f"{rule_id}|{case.name}")),
+        "context": context,
+        "prefetch": prefetch,
+    }
+
+
+def _card_for(evaluation: Evaluation, rule_id: str) -> Card | None:
+    verdict = evaluation.verdicts.get(rule_id)
+    owner = verdict.card if verdict is not None else None
+    return next((c for c in evaluation.cards if c.source.topic and c.source.topic.code == owner), None)
+
+
+def _suggested(card: Card) -> dict[str, str]:
+    """``alias:code`` is unknown here, so orders are keyed by 'system|code' → priority."""
+    out: dict[str, str] = {}
+    for suggestion in card.suggestions:
+        for action in suggestion.actions:
+            resource = action.resource or {}
+            for coding in resource.get("code", {}).get("coding", []):
+                out[f"{coding['system']}|{coding['code']}"] = resource.get("priority", "")
+    return out
+
+
+def check_expectations(
+    case: TestCase, rule_id: str, evaluation: Evaluation, terminology: Terminology
+) -> list[str]:
+    """Every way ``evaluation`` differs from the case's expectation, as readable lines."""
+    expect = case.expect
+    verdict = evaluation.verdicts[rule_id]
+    failures: list[str] = []
+    fired = verdict.status == "fired"
+    if fired != expect.fired:
+        why: str = verdict.status
+        if verdict.suppressed_by:
+            why += f" by {', '.join(verdict.suppressed_by)}"
+        if verdict.error:
+            why += f" ({verdict.error})"
+        failures.append(f"expected fired: {str(expect.fired).lower()}, got: {why}")
+    card = _card_for(evaluation, rule_id)
+    if expect.suppressed_by and expect.suppressed_by not in verdict.suppressed_by:
+        failures.append(
+            f"expected suppressed_by: {expect.suppressed_by}, got: {verdict.status}"
+            + (f" by {', '.join(verdict.suppressed_by)}" if verdict.suppressed_by else "")
+        )
+    if card is None:
+        if expect.indicator or expect.suggestions or expect.summary_contains or expect.detail_contains:
+            if fired:
+                failures.append("the rule fired but no card carries its evidence")
+            elif expect.fired:
+                failures.append("cannot check the card: the rule did not fire")
+    else:
+        if expect.indicator and card.indicator != expect.indicator:
+            failures.append(f"expected indicator: {expect.indicator}, got: {card.indicator}")
+        suggested = _suggested(card)
+        for item in expect.suggestions:
+            ref, _, priority = item.partition(" ")
+            system, code = terminology.split(ref)
+            got = suggested.get(f"{system}|{code}")
+            if got is None:
+                failures.append(f"expected suggestion {ref}, got: {sorted(suggested) or 'none'}")
+            elif priority and got != priority:
+                failures.append(f"expected suggestion {ref} at {priority}, got: {got}")
+        if expect.summary_contains and expect.summary_contains not in card.summary:
+            failures.append(f"expected summary containing {expect.summary_contains!r}, got: {card.summary!r}")
+        for text in expect.detail_contains:
+            if text not in (card.detail or ""):
+                failures.append(f"expected detail containing {text!r}")
+    everywhere = {key for c in evaluation.cards for key in _suggested(c)}
+    for ref in expect.absent_suggestions:
+        system, code = terminology.split(ref)
+        if f"{system}|{code}" in everywhere:
+            failures.append(f"expected no suggestion of {ref} on any card, but it is suggested")
+    if expect.cards is not None and len(evaluation.cards) != expect.cards:
+        failures.append(
+            f"expected {expect.cards} card(s) in the response, got: {len(evaluation.cards)} "
+            f"({', '.join(c.source.topic.code if c.source.topic else '?' for c in evaluation.cards)})"
+        )
+    return failures
+
+
+def run_case(ruleset: RuleSet, rule: CompiledRule, index: int) -> CaseResult:
+    """Run one embedded case of ``rule``."""
+    case = rule.tests[index]
+    line = rule.document.position(("tests", index))[0]
+    result = CaseResult(rule.id, case.name, rule.path, line, xfail=case.xfail)
+    try:
+        body = build_request(case, rule.id, ruleset)
+        request = parse_hook_request(orjson.dumps(body))
+        now = parse_fhir_datetime(case.now).start
+        result.evaluation = evaluate(ruleset, request, now)
+    except Exception as exc:  # a broken case is a failure to report, not a crash
+        result.failures.append(f"the case could not run: {type(exc).__name__}: {exc}")
+        return result
+    result.failures = check_expectations(case, rule.id, result.evaluation, ruleset.terminology)
+    return result
+
+
+def run_tests(ruleset: RuleSet, rule_ids: set[str] | None = None) -> list[CaseResult]:
+    """Run every embedded case, or only those of ``rule_ids``."""
+    return [
+        run_case(ruleset, rule, index)
+        for rule in ruleset.rules
+        if rule_ids is None or rule.id in rule_ids
+        for index in range(len(rule.tests))
+    ]

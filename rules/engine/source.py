@@ -1,0 +1,99 @@
+"""Reading YAML with a position for every key and item.
+
+ruamel.yaml in round-trip mode keeps line and column on every node; this module converts a document to
+plain Python data plus a map from each data path to its position, so schema errors found later can point
+at a line. YAML 1.2 (``no`` stays a string), duplicate keys are errors, and timestamps stay strings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml import YAML
+from ruamel.yaml.constructor import SafeConstructor
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+from rules.engine.diagnostics import Diagnostic
+
+DataPath = tuple[str | int, ...]
+
+
+class _StringTimestamps(SafeConstructor):
+    pass
+
+
+def _new_yaml() -> YAML:
+    yaml = YAML(typ="rt")
+    yaml.allow_duplicate_keys = False
+    # Dates in rule files are FHIR values and stay strings ("2026-11" is a valid partial date).
+    yaml.constructor.add_constructor("tag:yaml.org,2002:timestamp", _StringTimestamps.construct_yaml_str)
+    return yaml
+
+
+@dataclass
+class SourceDocument:
+    """A parsed YAML file: its data, and the 1-based (line, column) of every key and item."""
+
+    path: str
+    data: Any
+    positions: dict[DataPath, tuple[int, int]] = field(default_factory=dict)
+
+    def position(self, path: DataPath) -> tuple[int, int]:
+        """Where ``path`` is written; for a missing element, where its nearest written parent is."""
+        for end in range(len(path), -1, -1):
+            found = self.positions.get(path[:end])
+            if found is not None:
+                return found
+        return (1, 1)
+
+    def diagnostic(self, path: DataPath, message: str, help: str | None = None) -> Diagnostic:
+        """An error located at ``path`` in this file."""
+        line, column = self.position(path)
+        return Diagnostic(self.path, line, column, message, help=help)
+
+
+def _plain(node: Any, path: DataPath, positions: dict[DataPath, tuple[int, int]]) -> Any:
+    lc = getattr(node, "lc", None)
+    if isinstance(node, dict):
+        out: dict[Any, Any] = {}
+        for key, value in node.items():
+            child = (*path, str(key))
+            if lc is not None:
+                line, col = lc.key(key)
+                positions[child] = (line + 1, col + 1)
+            out[str(key) if not isinstance(key, str) else key] = _plain(value, child, positions)
+        return out
+    if isinstance(node, list):
+        items = []
+        for index, value in enumerate(node):
+            child = (*path, index)
+            if lc is not None:
+                line, col = lc.item(index)
+                positions[child] = (line + 1, col + 1)
+            items.append(_plain(value, child, positions))
+        return items
+    if isinstance(node, str):
+        return str(node)  # ruamel's scalar string subclasses become plain str
+    return node
+
+
+def read_yaml(path: Path, display: str) -> tuple[SourceDocument | None, list[Diagnostic]]:
+    """Parse one YAML file; on a syntax error return no document and a located diagnostic."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, [Diagnostic(display, 1, 1, f"cannot read file: {exc}")]
+    try:
+        node = _new_yaml().load(text)
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        problem = " ".join(str(part) for part in (exc.context, exc.problem) if part)
+        problem = problem.split("\n")[0] if problem else "invalid YAML"
+        return None, [Diagnostic(display, line, column, f"invalid YAML: {problem}")]
+    except YAMLError as exc:
+        return None, [Diagnostic(display, 1, 1, f"invalid YAML: {exc}")]
+    positions: dict[DataPath, tuple[int, int]] = {(): (1, 1)}
+    return SourceDocument(display, _plain(node, (), positions), positions), []

@@ -1,0 +1,66 @@
+"""Code systems, the verified code list, and compiled value sets.
+
+A code is matched on system and code together, never on the code string alone (knowledge base Part E:
+``2157-6`` is both a LOINC lab and a CDC race code).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+CodeKey = tuple[str, str]
+"""(system URI, code)."""
+
+
+@dataclass(frozen=True)
+class Terminology:
+    """System aliases (``snomed`` → ``http://snomed.info/sct``) and the display of every allowed code."""
+
+    systems: dict[str, str]
+    displays: dict[CodeKey, str]
+
+    def split(self, ref: str) -> tuple[str | None, str]:
+        """``snomed:123`` → (system URI or None when the alias is unknown, code)."""
+        alias, _, code = ref.partition(":")
+        return self.systems.get(alias), code
+
+    def resolve(self, ref: str) -> tuple[CodeKey | None, str | None]:
+        """Resolve an ``alias:code`` reference against the verified list.
+
+        Returns:
+            (key, None) when the code is listed; (None, message) otherwise, the message saying why.
+        """
+        system, code = self.split(ref)
+        if system is None:
+            alias = ref.partition(":")[0]
+            return None, f"unknown code system {alias!r} (known: {', '.join(sorted(self.systems))})"
+        key = (system, code)
+        if key not in self.displays:
+            return None, f"code {ref!r} is not in the project's terminology list (terminology.yaml)"
+        return key, None
+
+    def codes_of(self, ref: str) -> list[str]:
+        """All ``alias:code`` references of the same system as ``ref``, for did-you-mean hints."""
+        alias = ref.partition(":")[0]
+        system = self.systems.get(alias)
+        return [f"{alias}:{code}" for (sys, code) in self.displays if sys == system]
+
+    def display(self, key: CodeKey) -> str:
+        return self.displays.get(key, key[1])
+
+
+@dataclass(frozen=True)
+class ValueSet:
+    """A compiled value set: plain codes, codes that count only with a body site, and text patterns."""
+
+    name: str
+    title: str
+    codes: frozenset[CodeKey]
+    sited: dict[CodeKey, frozenset[CodeKey]] = field(default_factory=dict)
+    text: re.Pattern[str] | None = None
+
+    @property
+    def keys(self) -> frozenset[CodeKey]:
+        """Every code that can make a resource a member (body-site-qualified ones included)."""
+        return self.codes | frozenset(self.sited)
