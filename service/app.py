@@ -1,0 +1,102 @@
+"""``create_app(settings)``: the FastAPI application, with no side effects at import time."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+import structlog
+from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
+
+from cds_hooks.fhir import FhirAllowlist, FhirClient
+from rules.engine.ruleset import load_ruleset
+from service import __version__
+from service.catalogue import build_catalogue
+from service.errors import install_error_handlers
+from service.logging import configure_logging
+from service.metrics import Metrics
+from service.middleware import AccessLogMiddleware, BodyLimitMiddleware
+from service.openapi import install_openapi
+from service.routes import cds, health
+from service.settings import Settings
+from service.state import AppState
+from service.storage.database import Database
+
+log = structlog.get_logger("lumbar")
+
+
+def create_app(
+    settings: Settings | None = None, *, transport: httpx.AsyncBaseTransport | None = None
+) -> FastAPI:
+    """Build the application.
+
+    Args:
+        settings: the configuration; read from the environment when omitted.
+        transport: an httpx transport for calls to FHIR servers (tests); the network by default.
+
+    Raises:
+        RuleSetError: the rule catalogue is invalid, so the service refuses to start.
+    """
+    settings = settings or Settings()
+    configure_logging(settings.log_level)
+    catalogue = build_catalogue(load_ruleset(settings.rules_dir))
+    state = AppState(settings, catalogue, Database(settings.database_url), Metrics())
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if settings.auth == "off":
+            log.warning("authentication is off: every caller is trusted (development only)")
+        await state.database.migrate()
+        state.http = httpx.AsyncClient(
+            transport=transport,
+            timeout=httpx.Timeout(settings.fhir_timeout_s),
+            follow_redirects=False,
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+        )
+        state.fhir = FhirClient(
+            state.http,
+            FhirAllowlist(settings.fhir_allowlist),
+            timeout_s=settings.fhir_timeout_s,
+            max_pages=settings.fhir_max_pages,
+        )
+        # Long-lived objects (rules, models) out of the collector's way: steadier tail latency (stack.md).
+        gc.collect()
+        gc.freeze()
+        log.info("ready", rules=len(catalogue.ruleset.rules), version=catalogue.ruleset.version)
+        try:
+            yield
+        finally:
+            await state.http.aclose()
+            await state.database.close()
+
+    app = FastAPI(
+        title="Lumbar CDS",
+        version=__version__,
+        lifespan=lifespan,
+        description="CDS Hooks 2.0 decision support for low back pain and lower-back weakness.",
+    )
+    app.state.lumbar = state
+    install_error_handlers(app)
+    app.include_router(cds.router)
+    app.include_router(health.router)
+    install_openapi(app, list(catalogue.hooks))
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    wildcard = "*" in settings.cors_origins
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=["*"] if wildcard else settings.cors_origins,
+        allow_methods=["GET", "POST", "OPTIONS"],
+        allow_headers=["Authorization", "Content-Type", "Accept"],
+        allow_credentials=False,
+        max_age=600,
+    )
+    app.add_middleware(AccessLogMiddleware)
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """Factory for uvicorn workers: settings from the environment."""
+    return create_app(Settings())

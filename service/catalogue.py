@@ -1,0 +1,89 @@
+"""The CDS services this deployment offers, derived from the loaded rule set.
+
+One service per hook. Everything derived from a rule set (the discovery document, the prefetch templates)
+is built once into a :class:`Catalogue`, and a reload replaces the whole object in one assignment, so a
+request never sees half of an old rule set and half of a new one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+
+from cds_hooks.response import CdsService, Discovery
+from rules.engine.ruleset import RuleSet
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    id: str
+    hook: str
+    title: str
+    description: str
+
+
+SERVICES: tuple[ServiceSpec, ...] = (
+    ServiceSpec(
+        "lumbar-patient-view",
+        "patient-view",
+        "Lumbar CDS: low back pain review",
+        "Red flags (cauda equina syndrome, cancer, infection, fracture, progressive neurological "
+        "deficit), suggested tests and referrals for a patient with low back pain or lower-back "
+        "weakness, when the chart is opened.",
+    ),
+    ServiceSpec(
+        "lumbar-encounter-start",
+        "encounter-start",
+        "Lumbar CDS: low back pain at encounter start",
+        "The same low back pain review, when an encounter starts.",
+    ),
+    ServiceSpec(
+        "lumbar-order-select",
+        "order-select",
+        "Lumbar CDS: lumbar imaging order check",
+        "Red flags for a patient with low back pain while orders are being selected.",
+    ),
+    ServiceSpec(
+        "lumbar-order-sign",
+        "order-sign",
+        "Lumbar CDS: lumbar imaging order sign check",
+        "Red flags for a patient with low back pain before orders are signed.",
+    ),
+)
+
+
+@dataclass(frozen=True, eq=False)
+class Catalogue:
+    ruleset: RuleSet
+    hooks: dict[str, str]  # service id -> hook
+    discovery: bytes  # the discovery document, serialised once
+
+    def templates(self, hook: str) -> dict[str, str]:
+        return self.ruleset.prefetch.get(hook, {})
+
+
+def build_catalogue(ruleset: RuleSet) -> Catalogue:
+    """Derive the services and their discovery document from a rule set."""
+    services = []
+    for spec in SERVICES:
+        if not ruleset.rules_for(spec.hook):
+            continue
+        count = len(ruleset.rules_for(spec.hook))
+        services.append(
+            CdsService(
+                hook=spec.hook,
+                id=spec.id,
+                title=spec.title,
+                description=spec.description,
+                prefetch=ruleset.prefetch.get(spec.hook, {}),
+                usage_requirements=(
+                    "Acts only for patients with low back pain, sciatica or lower-back weakness "
+                    "in the record. "
+                    f"{count} rules; rule-set version {ruleset.version}."
+                ),
+                extension={"lumbar-cds": {"rulesetVersion": ruleset.version}},
+            )
+        )
+    discovery = orjson.dumps(Discovery(services=tuple(services)).to_wire())
+    return Catalogue(ruleset, {s.id: s.hook for s in services}, discovery)

@@ -1,0 +1,217 @@
+"""The ``lumbar`` command line: serve, check, test, explain.
+
+Exit codes: 0 success, 1 rule errors or failing tests, 2 usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from cds_hooks.fhirtime import parse_fhir_datetime
+from cds_hooks.outcome import outcome_from_validation
+from cds_hooks.request import parse_hook_request
+from rules.engine.diagnostics import RuleSetError, render_all
+from rules.engine.evaluate import evaluate
+from rules.engine.ruleset import RuleSet, load_ruleset
+from rules.engine.selftest import run_tests
+from service.settings import Settings
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        for error in exc.errors(include_url=False):
+            print(f"error: LUMBAR_{str(error['loc'][0]).upper()}: {error['msg']}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _catalogues(paths: Sequence[str]) -> list[tuple[Path, set[str] | None]]:
+    """Each PATH is a catalogue folder, or a file inside one (then only that file's problems are shown)."""
+    if not paths:
+        return [(_settings().rules_dir, None)]
+    out: dict[Path, set[str] | None] = {}
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            out[path] = None
+            continue
+        folder = path.parent.parent if path.parent.name == "valuesets" else path.parent
+        files = out.setdefault(folder, set())
+        if files is not None:
+            files.add(str(path))
+    return list(out.items())
+
+
+def _load(folder: Path) -> RuleSet:
+    return load_ruleset(folder)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    failed = False
+    for folder, files in _catalogues(args.paths):
+        try:
+            ruleset = _load(folder)
+        except RuleSetError as exc:
+            shown = [
+                d
+                for d in exc.diagnostics
+                if files is None or any(d.path.endswith(f.lstrip("./")) for f in files)
+            ]
+            print(render_all(shown or exc.diagnostics))
+            failed = True
+            continue
+        print(
+            f"{folder}: {len(ruleset.rules)} rules, {len(ruleset.valuesets)} value sets, "
+            f"version {ruleset.version}: ok"
+        )
+    return 1 if failed else 0
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    failed = 0
+    total = 0
+    for folder, _ in _catalogues(args.paths):
+        try:
+            ruleset = _load(folder)
+        except RuleSetError as exc:
+            print(render_all(exc.diagnostics))
+            return 1
+        selected = set(args.rule) if args.rule else None
+        unknown = (selected or set()) - set(ruleset.by_id)
+        if unknown:
+            print(f"error: unknown rule id(s): {', '.join(sorted(unknown))}", file=sys.stderr)
+            return 2
+        results = run_tests(ruleset, selected)
+        for result in results:
+            total += 1
+            if not result.ok:
+                failed += 1
+                print(f"FAIL {result.report()}")
+            elif args.verbose:
+                print(
+                    f"ok   {result.rule_id} :: {result.name}"
+                    + (f" (xfail: {result.xfail})" if result.xfail else "")
+                )
+    print(f"{total - failed} passed, {failed} failed, {total} cases")
+    return 1 if failed else 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    try:
+        ruleset = _load(Path(args.rules) if args.rules else _settings().rules_dir)
+    except RuleSetError as exc:
+        print(render_all(exc.diagnostics))
+        return 1
+    try:
+        request = parse_hook_request(Path(args.request).read_bytes())
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:
+        for issue in outcome_from_validation(exc)["issue"]:
+            print(f"error: {issue['diagnostics']}", file=sys.stderr)
+        return 2
+    now = parse_fhir_datetime(args.now).start if args.now else datetime.now(UTC)
+    evaluation = evaluate(ruleset, request, now)
+    print(f"hook {request.hook} at {now.isoformat()}, rule-set {ruleset.version}")
+    if not evaluation.has_context:
+        print("no low back pain context in the record: no rule applies")
+    for rule_id, verdict in evaluation.verdicts.items():
+        line = f"{verdict.status:15} {rule_id}"
+        if verdict.suppressed_by:
+            line += f" (suppressed by {', '.join(verdict.suppressed_by)})"
+        if verdict.card and verdict.card != rule_id:
+            line += f" (on the card of {verdict.card})"
+        if verdict.error:
+            line += f" ({verdict.error})"
+        print(line)
+        for item in verdict.evidence:
+            print(
+                f"{'':17}- {item.label}: {item.value}"
+                + (f", {item.date}" if item.date else "")
+                + (f" ({item.reference})" if item.reference else "")
+            )
+    for note in evaluation.notes:
+        print(f"note: {note}")
+    print(
+        f"{len(evaluation.cards)} card(s): "
+        + "; ".join(f"[{c.indicator}] {c.summary}" for c in evaluation.cards)
+    )
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.storage.database import Database
+
+    settings = _settings()
+    try:
+        _load(settings.rules_dir)
+    except RuleSetError as exc:
+        print(render_all(exc.diagnostics), file=sys.stderr)
+        print("refusing to start: the rule catalogue is invalid", file=sys.stderr)
+        return 1
+
+    async def migrate() -> None:
+        database = Database(settings.database_url)
+        try:
+            await database.migrate()
+        finally:
+            await database.close()
+
+    asyncio.run(migrate())  # once, before any worker starts
+    uvicorn.run(
+        "service.app:create_app_from_env",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_config=None,
+        proxy_headers=False,
+        timeout_keep_alive=5,
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lumbar", description="Lumbar CDS: CDS Hooks decision support for low back pain"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="start the HTTP service")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.set_defaults(func=cmd_serve)
+    check = sub.add_parser("check", help="validate rule files and value sets")
+    check.add_argument("paths", nargs="*", metavar="PATH")
+    check.set_defaults(func=cmd_check)
+    test = sub.add_parser("test", help="run the test cases embedded in rule files")
+    test.add_argument("paths", nargs="*", metavar="PATH")
+    test.add_argument("-k", "--rule", action="append", metavar="RULE_ID", help="only this rule (repeatable)")
+    test.add_argument("-v", "--verbose", action="store_true")
+    test.set_defaults(func=cmd_test)
+    explain = sub.add_parser("explain", help="evaluate one CDS Hooks request offline and explain every rule")
+    explain.add_argument("request", metavar="REQUEST.json")
+    explain.add_argument("--now", help="evaluation time (FHIR dateTime); default: the current time")
+    explain.add_argument("--rules", help="catalogue folder; default: LUMBAR_RULES_DIR")
+    explain.set_defaults(func=cmd_explain)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result

@@ -1,0 +1,1 @@
+"""HTTP routes: CDS Hooks (discovery, service calls, feedback) and operations (health, metrics)."""

@@ -1,0 +1,114 @@
+"""CDS Hooks endpoints. Handlers parse the raw body with the slim strict models and delegate."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+import orjson
+import structlog
+from fastapi import APIRouter, Request
+from pydantic import ValidationError
+from starlette.responses import Response
+
+from cds_hooks.errors import PrefetchUnavailable
+from cds_hooks.request import parse_hook_request
+from cds_hooks.response import FEEDBACK
+from rules.engine.evaluate import Evaluation, evaluate
+from service.deps import Client, State
+from service.errors import ProblemError
+from service.state import AppState
+
+router = APIRouter()
+log = structlog.get_logger("lumbar.cds")
+JSON = "application/json"
+
+
+@router.get("/cds-services", tags=["CDS Hooks"], summary="CDS Hooks discovery")
+async def discovery(state: State, client: Client) -> Response:
+    return Response(state.catalogue.discovery, media_type=JSON)
+
+
+@router.post("/cds-services/{service_id}", tags=["CDS Hooks"], summary="Call a CDS service")
+async def call_service(service_id: str, request: Request, state: State, client: Client) -> Response:
+    started = time.perf_counter()
+    catalogue = state.catalogue  # one read: the whole call uses one rule set even if a reload happens
+    hook = catalogue.hooks.get(service_id)
+    if hook is None:
+        raise ProblemError(404, f"unknown CDS service {service_id!r}", expression=["id"])
+    try:
+        hook_request = parse_hook_request(await request.body())
+    except ValidationError as exc:
+        state.metrics.hook_calls.labels(service_id, hook, "400").inc()
+        raise ProblemError.invalid(exc) from None
+    if hook_request.hook != hook:
+        state.metrics.hook_calls.labels(service_id, hook, "400").inc()
+        raise ProblemError(
+            400,
+            f"hook {hook_request.hook!r} sent to service {service_id!r}, which serves {hook!r}",
+            expression=["hook"],
+        )
+    structlog.contextvars.bind_contextvars(hookInstance=hook_request.hook_instance, service=service_id)
+    templates = catalogue.templates(hook)
+    assert state.fhir is not None  # set by the lifespan
+    try:
+        prefetch = await state.fhir.complete_prefetch(hook_request, templates)
+    except PrefetchUnavailable as exc:
+        state.metrics.hook_calls.labels(service_id, hook, "412").inc()
+        state.metrics.fhir_fetches.labels("failed").inc()
+        log.warning("prefetch unavailable", key=exc.key, reason=exc.reason)
+        raise ProblemError(
+            412,
+            f"required data unavailable: prefetch {exc.key!r}: {exc.reason}",
+            expression=[f"prefetch.{exc.key}"],
+        ) from None
+    if prefetch is not hook_request.prefetch:
+        state.metrics.fhir_fetches.labels("ok").inc()
+        hook_request = hook_request.model_copy(update={"prefetch": prefetch})
+    evaluation = evaluate(catalogue.ruleset, hook_request, datetime.now(UTC))
+    _record(state, evaluation, service_id, hook, started)
+    return Response(orjson.dumps(evaluation.response().to_wire()), media_type=JSON)
+
+
+def _record(state: AppState, evaluation: Evaluation, service_id: str, hook: str, started: float) -> None:
+    metrics = state.metrics
+    for rule_id, error in evaluation.errors.items():
+        metrics.rule_errors.labels(rule_id).inc()
+        log.error("rule failed", rule=rule_id, error=error)
+    for note in evaluation.notes:
+        log.info("data quality", note=note)
+    fired = evaluation.fired()
+    for rule_id in fired:
+        metrics.rules_fired.labels(rule_id).inc()
+    metrics.hook_calls.labels(service_id, hook, "200").inc()
+    elapsed = time.perf_counter() - started
+    metrics.hook_latency.labels(service_id).observe(elapsed)
+    log.info(
+        "hook call",
+        hook=hook,
+        cards=len(evaluation.cards),
+        fired=fired,
+        context=evaluation.has_context,
+        duration_ms=round(elapsed * 1000, 2),
+    )
+
+
+@router.post("/cds-services/{service_id}/feedback", tags=["CDS Hooks"], summary="Feedback on cards")
+async def feedback(service_id: str, request: Request, state: State, client: Client) -> Response:
+    if service_id not in state.catalogue.hooks:
+        raise ProblemError(404, f"unknown CDS service {service_id!r}", expression=["id"])
+    try:
+        parsed = FEEDBACK.validate_json(await request.body())
+    except ValidationError as exc:
+        raise ProblemError.invalid(exc) from None
+    try:
+        stored = await state.database.store_feedback(service_id, parsed.feedback, client)
+    except Exception as exc:  # not acknowledged, so the client may retry: nothing is lost
+        log.error("feedback not stored", error=type(exc).__name__)
+        raise ProblemError(
+            503, "feedback could not be stored; retry later", headers={"Retry-After": "5"}
+        ) from None
+    for item in parsed.feedback:
+        state.metrics.feedback.labels(item.outcome).inc()
+    log.info("feedback", service=service_id, items=len(parsed.feedback), new=stored)
+    return Response(status_code=200)

@@ -1,0 +1,77 @@
+"""Settings from ``LUMBAR_*`` environment variables (the only place the project reads the environment).
+
+Unsafe or malformed values are refused at start-up rather than discovered under load.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from rules import BUNDLED_CATALOG
+
+
+def _split(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """The service's configuration; see docs/ and the interface table for each variable."""
+
+    model_config = SettingsConfigDict(env_prefix="LUMBAR_", extra="ignore", frozen=True)
+
+    rules_dir: Path = BUNDLED_CATALOG
+    database_url: str = "sqlite+aiosqlite:///./var/lumbar.db"
+    auth: Literal["jwt", "off"] = "jwt"
+    clients_file: Path | None = None
+    public_base_url: str | None = None
+    fhir_allowlist: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    fhir_timeout_s: float = Field(default=3.0, gt=0, le=60)
+    fhir_max_pages: int = Field(default=20, ge=1, le=1000)
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["*"])
+    max_body_bytes: int = Field(default=5_000_000, ge=1024, le=200_000_000)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("fhir_allowlist", "cors_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        return _split(value)
+
+    @field_validator("log_level", "auth", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("fhir_allowlist")
+    @classmethod
+    def _allowlist_urls(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            if entry == "*":
+                continue
+            parts = urlsplit(entry)
+            if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+                raise ValueError(f"not a FHIR base URL: {entry!r} (expected http(s)://host/path, or *)")
+        return value
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+            raise ValueError(f"not a base URL: {value!r}")
+        return value.rstrip("/")
+
+    @field_validator("database_url")
+    @classmethod
+    def _database(cls, value: str) -> str:
+        if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError("use sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER@HOST/DB")
+        return value
