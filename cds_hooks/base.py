@@ -16,8 +16,9 @@ def _is_empty(value: Any) -> bool:
     return value is None or value == "" or value == [] or value == {}
 
 
-class WireModel(BaseModel):
-    """camelCase on the wire, strict types, immutable, and no empty values when serialised."""
+class StrictCamelModel(BaseModel):
+    """camelCase JSON names, strict types, immutable; unknown fields are ignored, because clients and FHIR
+    servers add them across versions."""
 
     model_config = ConfigDict(
         alias_generator=to_camel,
@@ -27,6 +28,10 @@ class WireModel(BaseModel):
         extra="ignore",
         allow_inf_nan=False,
     )
+
+
+class WireModel(StrictCamelModel):
+    """A CDS Hooks wire model: no empty values when serialised."""
 
     # Fields the specification requires even when empty (e.g. ``cards: []``).
     keep_empty: ClassVar[frozenset[str]] = frozenset()

@@ -17,6 +17,7 @@ from cds_hooks.errors import PrefetchTemplateError
 from cds_hooks.resources import Bundle, OperationOutcome
 
 _TOKEN = re.compile(r"\{\{\s*([A-Za-z][A-Za-z0-9_.]*)\s*\}\}")
+_ANY_BRACES = re.compile(r"\{\{(.*?)\}\}")
 _USER_TOKENS = {
     "userPractitionerId": "Practitioner",
     "userPractitionerRoleId": "PractitionerRole",
@@ -41,8 +42,9 @@ def template_tokens(template: str) -> list[str]:
 
 def check_template(template: str) -> None:
     """Raise :class:`PrefetchTemplateError` if a template uses a token CDS Hooks 2.0 does not define."""
-    for token in template_tokens(template):
-        if token.startswith("context.") and token.count(".") == 1:
+    for raw in _ANY_BRACES.findall(template):
+        token = raw.strip()
+        if token.startswith("context.") and token.count(".") == 1 and _TOKEN.fullmatch("{{" + token + "}}"):
             continue
         if token in _USER_TOKENS:
             continue

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, StringConstraints, Tag
-from pydantic.alias_generators import to_camel
+from pydantic import AfterValidator, Discriminator, Field, StringConstraints, Tag
 
+from cds_hooks.base import StrictCamelModel
 from cds_hooks.fhirtime import FHIR_DATETIME_PATTERN, check_fhir_datetime
 
 # FHIR R4 datatypes: id is [A-Za-z0-9\-\.]{1,64}.
@@ -26,17 +26,8 @@ FhirDateTime = Annotated[
 ResourceTypeName = Annotated[str, StringConstraints(pattern=r"^[A-Z][A-Za-z]{1,63}$")]
 
 
-class FhirModel(BaseModel):
+class FhirModel(StrictCamelModel):
     """FHIR JSON element: camelCase names, strict types, unknown elements ignored."""
-
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        strict=True,
-        frozen=True,
-        extra="ignore",
-        allow_inf_nan=False,
-    )
 
 
 class Coding(FhirModel):

@@ -69,10 +69,10 @@ def install_openapi(app: FastAPI, service_ids: list[str]) -> None:
         )
         schemas = doc.setdefault("components", {}).setdefault("schemas", {})
         schemas.update(definitions.get("$defs", {}))
-        for (name, _), schema in zip(
-            adapters, [mapping[(n, "validation")] for n, _ in adapters], strict=True
-        ):
-            schemas[name] = schema
+        for name, _ in adapters:
+            schema = mapping[(name, "validation")]
+            if schema.get("$ref") != _REF.format(model=name):  # models are already in the definitions
+                schemas[name] = schema
         schemas["OperationOutcome"] = _OUTCOME
         paths = doc["paths"]
         auth = {"401": _outcome("Missing or invalid client JWT")}

@@ -31,7 +31,10 @@ class Diagnostic:
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
     """A ``did you mean 'x'?`` hint when a close match exists."""
-    match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.75)
+    options = list(choices)
+    match = difflib.get_close_matches(word, options, n=1, cutoff=0.7)
+    if not match and len(word) >= 4:
+        match = sorted(o for o in options if o.startswith(word))[:1]  # a truncated name
     return f"did you mean {match[0]!r}?" if match else None
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from cds_hooks.prefetch import check_template
 from rules.engine.schema import ALL_HOOKS
 from rules.engine.terminology import CodeKey
 
@@ -70,5 +71,7 @@ def prefetch_templates(ruleset: RuleSet) -> dict[str, dict[str, str]]:
             results = {key for key in orders if key[0] == LOINC}
             if results:
                 templates["diagnosticreports"] = _search("DiagnosticReport", results)
+        for template in templates.values():
+            check_template(template)  # generated, so a failure here is a bug in this module
         out[hook] = templates
     return out

@@ -498,7 +498,11 @@ class PatientRecord:
         return True
 
     def age(self) -> int | None:
-        """Age in completed years at now; None without a birth date."""
+        """Age in completed years at now (Part B6); None without a birth date.
+
+        A partial birth date (``1976`` or ``1976-05``) counts from its earliest day, the oldest the patient
+        can be.
+        """
         if self.patient is None or self.patient.birth_date is None:
             return None
         born = parse_fhir_datetime(self.patient.birth_date).start

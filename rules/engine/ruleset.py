@@ -96,7 +96,7 @@ class _Loader:
         try:
             return model.model_validate(document.data)
         except ValidationError as exc:
-            for error in exc.errors(include_url=False, include_input=False):
+            for error in exc.errors(include_url=False):
                 self.diagnostics.append(_schema_diagnostic(document, error))
             return None
 
@@ -291,17 +291,8 @@ class _Loader:
         """Test records may use any code (to prove a wrong one stays silent) but only known systems."""
         for group in ("records", "draft_orders"):
             for index, record in enumerate(getattr(case, group)):
-                refs = [
-                    getattr(record, kind)
-                    for kind in (
-                        "observation",
-                        "condition",
-                        "medication_statement",
-                        "service_request",
-                        "diagnostic_report",
-                        "procedure",
-                    )
-                ]
+                kind = record.kind()
+                refs = [kind[1]] if kind else []
                 refs += list(record.body_site) + list(record.interpretation)
                 if isinstance(record.value, str):
                     refs.append(record.value)
@@ -321,21 +312,27 @@ def _schema_diagnostic(document: SourceDocument, error: Any) -> Diagnostic:
     kind = error["type"]
     message = str(error["msg"])
     help = None
-    if kind == "extra_forbidden":
-        key = str(loc[-1]) if loc else ""
-        message = f"unknown key {key!r}"
-        help = did_you_mean(key, schema.ALL_KEYS)
-    elif kind == "missing":
-        message = f"missing required key {str(loc[-1])!r}"
-        loc = loc[:-1]
-    elif kind == "value_error":
-        message = message.removeprefix("Value error, ")
-    elif kind == "string_pattern_mismatch":
-        message = f"{str(loc[-1])!r} has an invalid format: {message.lower()}"
     # pydantic adds union member names (e.g. 'str', 'ValueSetEntry') to locations; drop them.
     clean = tuple(part for part in loc if isinstance(part, int) or not _is_type_tag(part))
-    line, column = document.position(clean)
-    return Diagnostic(document.path, line, column, message, help=help)
+    name = next((str(part) for part in reversed(clean) if isinstance(part, str)), "value")
+    at_value = True
+    if kind == "extra_forbidden":
+        message = f"unknown key {name!r}"
+        help = did_you_mean(name, schema.ALL_KEYS)
+        at_value = False
+    elif kind == "missing":
+        message = f"missing required key {name!r}"
+        clean = clean[:-1]
+        at_value = False
+    elif kind == "value_error":
+        message = message.removeprefix("Value error, ")
+        at_value = False
+    else:
+        given = error.get("input")
+        short = isinstance(given, str | int | float | bool) and len(repr(given)) < 80
+        shown = f" (got {given!r})" if short else ""
+        message = f"{name}: {message[0].lower()}{message[1:]}{shown}"
+    return document.diagnostic(clean, message, help, at_value=at_value)
 
 
 def _is_type_tag(part: str) -> bool:

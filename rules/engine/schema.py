@@ -245,6 +245,17 @@ class PatientSpec(Strict):
     age: int | None = Field(default=None, ge=0, le=130)  # shorthand: a birth date giving this age at now
 
 
+RECORD_KINDS: dict[str, str] = {
+    "observation": "Observation",
+    "condition": "Condition",
+    "medication_statement": "MedicationStatement",
+    "service_request": "ServiceRequest",
+    "diagnostic_report": "DiagnosticReport",
+    "procedure": "Procedure",
+}
+"""Compact record fields and the FHIR resource type each one builds."""
+
+
 class RecordSpec(Strict):
     """One FHIR resource in compact form (see docs/rules-guide.md), or a raw one under ``fhir``."""
 
@@ -274,21 +285,18 @@ class RecordSpec(Strict):
 
     @model_validator(mode="after")
     def _one_resource(self) -> RecordSpec:
-        kinds = (
-            "observation",
-            "condition",
-            "medication_statement",
-            "service_request",
-            "diagnostic_report",
-            "procedure",
-            "fhir",
-        )
-        if sum(getattr(self, kind) is not None for kind in kinds) != 1:
-            raise ValueError(
-                "a record needs exactly one of: Observation, Condition, MedicationStatement, "
-                "ServiceRequest, DiagnosticReport, Procedure, fhir"
-            )
+        given = sum(getattr(self, kind) is not None for kind in RECORD_KINDS) + (self.fhir is not None)
+        if given != 1:
+            raise ValueError(f"a record needs exactly one of: {', '.join(RECORD_KINDS.values())}, fhir")
         return self
+
+    def kind(self) -> tuple[str, str] | None:
+        """(FHIR resource type, code) of a compact record; None for a raw ``fhir`` one."""
+        for name, resource_type in RECORD_KINDS.items():
+            ref = getattr(self, name)
+            if ref is not None:
+                return resource_type, ref
+        return None
 
 
 class Expectation(Strict):

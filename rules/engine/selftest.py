@@ -29,6 +29,14 @@ _CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
 _VERIFICATION = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
 _SIDE = {"left": "7771000", "right": "24028007", "bilateral": "51440002"}
 _SIDE_DISPLAY = {"left": "Left", "right": "Right", "bilateral": "Right and left"}
+# Compact resource types beyond Observation and Condition: id prefix, default status, code element, and
+# the prefix of their time element (effective[x], performed[x]).
+_SIMPLE = {
+    "MedicationStatement": ("med", "active", "medicationCodeableConcept", "effective"),
+    "ServiceRequest": ("sr", "active", "code", "authored"),
+    "DiagnosticReport": ("dr", "final", "code", "effective"),
+    "Procedure": ("proc", "completed", "code", "performed"),
+}
 _NS = uuid.UUID("6b1f3c2e-2f45-4c8e-9d0b-1c3a5e7f9a21")
 
 
@@ -101,54 +109,30 @@ class _Builder:
         return resource
 
     def resource(self, spec: RecordSpec) -> dict[str, Any]:
-        if spec.fhir is not None:
+        kind = spec.kind()
+        if kind is None:
+            assert spec.fhir is not None  # the schema guarantees one of the two
             return dict(spec.fhir)
+        resource_type, ref = kind
         subject = {"reference": spec.subject or f"Patient/{self.patient_id}"}
-        if spec.observation:
-            return self._observation(spec, subject)
-        if spec.condition:
-            return self._condition(spec, subject)
-        if spec.medication_statement:
-            out: dict[str, Any] = {
-                "resourceType": "MedicationStatement",
-                "id": spec.id or self.next_id("med"),
-                "status": spec.status or "active",
-                "subject": subject,
-                "medicationCodeableConcept": self.concept(spec.medication_statement, spec.text),
-            }
-            self._when(out, spec, "effective")
-            return out
-        if spec.service_request:
-            out = {
-                "resourceType": "ServiceRequest",
-                "id": spec.id or self.next_id("sr"),
-                "status": spec.status or "active",
-                "intent": "order",
-                "subject": subject,
-                "code": self.concept(spec.service_request, spec.text),
-            }
+        if resource_type == "Observation":
+            return self._observation(spec, ref, subject)
+        if resource_type == "Condition":
+            return self._condition(spec, ref, subject)
+        prefix, status, code_field, when = _SIMPLE[resource_type]
+        out: dict[str, Any] = {
+            "resourceType": resource_type,
+            "id": spec.id or self.next_id(prefix),
+            "status": spec.status or status,
+            "subject": subject,
+            code_field: self.concept(ref, spec.text),
+        }
+        if resource_type == "ServiceRequest":
+            out["intent"] = "order"
             if spec.date:
                 out["authoredOn"] = self.time(spec.date)
-            return out
-        if spec.diagnostic_report:
-            out = {
-                "resourceType": "DiagnosticReport",
-                "id": spec.id or self.next_id("dr"),
-                "status": spec.status or "final",
-                "subject": subject,
-                "code": self.concept(spec.diagnostic_report, spec.text),
-            }
-            self._when(out, spec, "effective")
-            return out
-        assert spec.procedure is not None
-        out = {
-            "resourceType": "Procedure",
-            "id": spec.id or self.next_id("proc"),
-            "status": spec.status or "completed",
-            "subject": subject,
-            "code": self.concept(spec.procedure, spec.text),
-        }
-        self._when(out, spec, "performed")
+        else:
+            self._when(out, spec, when)
         return out
 
     def _when(self, out: dict[str, Any], spec: RecordSpec, prefix: str) -> None:
@@ -160,13 +144,12 @@ class _Builder:
         elif spec.date:
             out[f"{prefix}DateTime"] = self.time(spec.date)
 
-    def _observation(self, spec: RecordSpec, subject: dict[str, Any]) -> dict[str, Any]:
-        assert spec.observation is not None
+    def _observation(self, spec: RecordSpec, ref: str, subject: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {
             "resourceType": "Observation",
             "id": spec.id or self.next_id("obs"),
             "status": spec.status or "final",
-            "code": self.concept(spec.observation, spec.text),
+            "code": self.concept(ref, spec.text),
             "subject": subject,
         }
         self._when(out, spec, "effective")
@@ -204,8 +187,7 @@ class _Builder:
             }
         return out
 
-    def _condition(self, spec: RecordSpec, subject: dict[str, Any]) -> dict[str, Any]:
-        assert spec.condition is not None
+    def _condition(self, spec: RecordSpec, ref: str, subject: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {
             "resourceType": "Condition",
             "id": spec.id or self.next_id("cond"),
@@ -213,7 +195,7 @@ class _Builder:
             "verificationStatus": {
                 "coding": [{"system": _VERIFICATION, "code": spec.verification or "confirmed"}]
             },
-            "code": self.concept(spec.condition, spec.text),
+            "code": self.concept(ref, spec.text),
             "subject": subject,
         }
         if spec.date:

@@ -39,6 +39,7 @@ class SourceDocument:
     path: str
     data: Any
     positions: dict[DataPath, tuple[int, int]] = field(default_factory=dict)
+    values: dict[DataPath, tuple[int, int]] = field(default_factory=dict)  # where a key's value starts
 
     def position(self, path: DataPath) -> tuple[int, int]:
         """Where ``path`` is written; for a missing element, where its nearest written parent is."""
@@ -48,13 +49,19 @@ class SourceDocument:
                 return found
         return (1, 1)
 
-    def diagnostic(self, path: DataPath, message: str, help: str | None = None) -> Diagnostic:
-        """An error located at ``path`` in this file."""
-        line, column = self.position(path)
+    def value_position(self, path: DataPath) -> tuple[int, int]:
+        """Where the value of ``path`` is written (for a mapping key), else where ``path`` is."""
+        return self.values.get(path) or self.position(path)
+
+    def diagnostic(
+        self, path: DataPath, message: str, help: str | None = None, *, at_value: bool = False
+    ) -> Diagnostic:
+        """An error located at ``path`` in this file (at its value rather than its key with ``at_value``)."""
+        line, column = self.value_position(path) if at_value else self.position(path)
         return Diagnostic(self.path, line, column, message, help=help)
 
 
-def _plain(node: Any, path: DataPath, positions: dict[DataPath, tuple[int, int]]) -> Any:
+def _plain(node: Any, path: DataPath, document: SourceDocument) -> Any:
     lc = getattr(node, "lc", None)
     if isinstance(node, dict):
         out: dict[Any, Any] = {}
@@ -62,8 +69,10 @@ def _plain(node: Any, path: DataPath, positions: dict[DataPath, tuple[int, int]]
             child = (*path, str(key))
             if lc is not None:
                 line, col = lc.key(key)
-                positions[child] = (line + 1, col + 1)
-            out[str(key) if not isinstance(key, str) else key] = _plain(value, child, positions)
+                document.positions[child] = (line + 1, col + 1)
+                line, col = lc.value(key)
+                document.values[child] = (line + 1, col + 1)
+            out[str(key) if not isinstance(key, str) else key] = _plain(value, child, document)
         return out
     if isinstance(node, list):
         items = []
@@ -71,8 +80,8 @@ def _plain(node: Any, path: DataPath, positions: dict[DataPath, tuple[int, int]]
             child = (*path, index)
             if lc is not None:
                 line, col = lc.item(index)
-                positions[child] = (line + 1, col + 1)
-            items.append(_plain(value, child, positions))
+                document.positions[child] = (line + 1, col + 1)
+            items.append(_plain(value, child, document))
         return items
     if isinstance(node, str):
         return str(node)  # ruamel's scalar string subclasses become plain str
@@ -95,5 +104,6 @@ def read_yaml(path: Path, display: str) -> tuple[SourceDocument | None, list[Dia
         return None, [Diagnostic(display, line, column, f"invalid YAML: {problem}")]
     except YAMLError as exc:
         return None, [Diagnostic(display, 1, 1, f"invalid YAML: {exc}")]
-    positions: dict[DataPath, tuple[int, int]] = {(): (1, 1)}
-    return SourceDocument(display, _plain(node, (), positions), positions), []
+    document = SourceDocument(display, None, {(): (1, 1)})
+    document.data = _plain(node, (), document)
+    return document, []

@@ -1,0 +1,52 @@
+"""Shared fixtures: the bundled rule set, settings on a throwaway database, an in-process app client."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from rules import BUNDLED_CATALOG
+from rules.engine.ruleset import RuleSet, load_ruleset
+from service.settings import Settings
+from tests.support.fhir_server import FhirTestServer
+
+
+@pytest.fixture(scope="session")
+def ruleset() -> RuleSet:
+    return load_ruleset(BUNDLED_CATALOG)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def settings_factory(tmp_path: Path) -> Any:
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {"auth": "off", "database_url": f"sqlite+aiosqlite:///{tmp_path}/lumbar.db"}
+        values.update(overrides)
+        return Settings(**values)
+
+    return make
+
+
+@asynccontextmanager
+async def running(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """The app with its lifespan run, and an httpx client talking ASGI to it."""
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            yield client
+
+
+@pytest.fixture
+def fhir_server() -> Iterator[FhirTestServer]:
+    with FhirTestServer() as server:
+        yield server

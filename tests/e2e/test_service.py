@@ -1,0 +1,178 @@
+"""End to end over real HTTP: the CDS Hooks sandbox's request shapes and the issue's clinical scenario."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support import builders
+from tests.support.fhir_server import FhirTestServer
+
+pytestmark = pytest.mark.e2e
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+
+
+def _discover(live: str) -> dict[str, Any]:
+    return {s["hook"]: s for s in httpx.get(f"{live}/cds-services").json()["services"]}
+
+
+def _call(live: str, body: dict[str, Any], service: str = "lumbar-patient-view") -> httpx.Response:
+    return httpx.post(f"{live}/cds-services/{service}", json=body, timeout=10)
+
+
+def _topics(response: httpx.Response) -> list[tuple[str, str]]:
+    return [(c["indicator"], c["source"]["topic"]["code"]) for c in response.json()["cards"]]
+
+
+def test_patient_view_with_prefetch(live: str) -> None:
+    """The sandbox shape: prefetch filled from discovery's templates, fhirServer present but not needed."""
+    keys = list(_discover(live)["patient-view"]["prefetch"])
+    body = builders.hook_request(
+        prefetch=builders.prefetch_for(builders.lbp_patient_with_retention(), keys),
+        fhir_server="https://not-allowed.example/fhir",
+    )
+    response = _call(live, body)
+    assert response.status_code == 200, response.text
+    assert _topics(response) == [("critical", "rf-ces-sphincter-disturbance")]
+
+
+def test_patient_view_with_only_a_fhir_server(live: str, fhir: FhirTestServer) -> None:
+    fhir.resources = builders.lbp_patient_with_retention()
+    response = _call(live, builders.hook_request(fhir_server=fhir.base_url))
+    assert response.status_code == 200, response.text
+    assert _topics(response) == [("critical", "rf-ces-sphincter-disturbance")]
+    assert fhir.requests, "the service should have fetched from the FHIR server"
+
+
+def test_patient_view_with_neither_is_412(live: str) -> None:
+    response = _call(live, builders.hook_request())
+    assert response.status_code == 412
+    assert response.json()["resourceType"] == "OperationOutcome"
+
+
+def test_sandbox_omits_keys_it_could_not_fill_and_the_service_fetches_them(
+    live: str, fhir: FhirTestServer
+) -> None:
+    fhir.resources = builders.lbp_patient_with_retention()
+    body = json.loads((FIXTURES / "sandbox-patient-view.json").read_text())
+    body["fhirServer"] = fhir.base_url
+    del body["prefetch"]["observations"]
+    response = _call(live, body)
+    assert response.status_code == 200
+    assert _topics(response) == [("critical", "rf-ces-sphincter-disturbance")]
+    assert [r.path for r in fhir.requests] == ["/fhir/Observation"]
+
+
+def test_a_slow_fhir_server_gives_412_within_the_budget(live: str, fhir: FhirTestServer) -> None:
+    fhir.faults.delay_s = 5
+    response = _call(live, builders.hook_request(fhir_server=fhir.base_url))
+    assert response.status_code == 412
+    assert response.elapsed.total_seconds() < 4
+
+
+def test_a_failing_fhir_server_gives_412(live: str, fhir: FhirTestServer) -> None:
+    fhir.faults.status = 500
+    response = _call(live, builders.hook_request(fhir_server=fhir.base_url))
+    assert response.status_code == 412
+    assert "HTTP 500" in response.json()["issue"][0]["diagnostics"]
+
+
+def test_paginated_results_are_followed(live: str, fhir: FhirTestServer) -> None:
+    fhir.resources = builders.lbp_patient_with_retention() + [
+        builders.finding(f"extra-{i}", "279039007", "2026-11-19") for i in range(9)
+    ]
+    fhir.page_size = 2
+    response = _call(live, builders.hook_request(fhir_server=fhir.base_url))
+    assert _topics(response) == [("critical", "rf-ces-sphincter-disturbance")]
+    # Distinct pages, not a request count: a request cancelled by the previous test may still be logged late.
+    pages = {r.query.get("_page", ["0"])[0] for r in fhir.requests if r.path.endswith("/Observation")}
+    assert pages == {"0", "1", "2", "3", "4"}
+
+
+@pytest.mark.parametrize(
+    ("resources", "expected"),
+    [
+        (builders.lbp_patient_with_retention(), [("critical", "rf-ces-sphincter-disturbance")]),
+        (
+            builders.lbp_patient_with_retention(retention_status="entered-in-error"),
+            [("info", "adv-self-management-nonspecific"), ("info", "test-no-imaging-acute-uncomplicated")],
+        ),
+        (
+            builders.lbp_patient_with_retention(retention_when="2020-11-20T08:30:00Z"),
+            [("info", "adv-self-management-nonspecific"), ("info", "test-no-imaging-acute-uncomplicated")],
+        ),
+    ],
+    ids=["new retention", "retention entered in error", "retention 6 years ago"],
+)
+def test_the_issue_scenario(
+    live: str, resources: list[dict[str, Any]], expected: list[tuple[str, str]]
+) -> None:
+    keys = list(_discover(live)["patient-view"]["prefetch"])
+    # The service's clock is real, so the scenario is dated relative to today:
+    # pain for 6 days, retention since yesterday.
+    response = _call(live, builders.hook_request(prefetch=builders.prefetch_for(_relative(resources), keys)))
+    assert response.status_code == 200
+    assert sorted(_topics(response)) == sorted(expected)
+    if expected[0][0] == "critical":
+        card = response.json()["cards"][0]
+        orders = {
+            (
+                s["actions"][0]["resource"]["code"]["coding"][0]["code"],
+                s["actions"][0]["resource"]["priority"],
+            )
+            for s in card["suggestions"]
+        }
+        assert {("306254002", "stat"), ("30679-5", "stat"), ("308482002", "stat")} <= orders
+        assert not any(o[0] in {"24970-6", "30620-9"} for o in orders)
+    else:
+        for card in response.json()["cards"]:
+            for suggestion in card.get("suggestions", []):
+                code = suggestion["actions"][0]["resource"]["code"]["coding"][0]["code"]
+                assert code not in {"30679-5", "24967-2", "24970-6", "30620-9"}
+
+
+def _relative(resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    from datetime import UTC, datetime, timedelta
+
+    today = datetime.now(UTC)
+    shifted = json.loads(json.dumps(resources))
+    for resource in shifted:
+        if resource["resourceType"] == "Condition":
+            resource["onsetDateTime"] = resource["recordedDate"] = (
+                (today - timedelta(days=6)).date().isoformat()
+            )
+        if resource["resourceType"] == "Observation" and not resource["effectiveDateTime"].startswith("2020"):
+            resource["effectiveDateTime"] = (today - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        elif resource["resourceType"] == "Observation":
+            resource["effectiveDateTime"] = (today - timedelta(days=6 * 365)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return shifted
+
+
+def test_feedback_over_http(live: str) -> None:
+    item = {
+        "card": "a76fdeb3-a30c-5886-bdb3-c5b2b3562fa2",
+        "outcome": "accepted",
+        "acceptedSuggestions": [{"id": "88828a43-8540-5946-8370-bcc1624ace56"}],
+        "outcomeTimestamp": "2026-11-21T10:00:00.000Z",
+    }
+    ok = httpx.post(f"{live}/cds-services/lumbar-patient-view/feedback", json={"feedback": [item]})
+    bad = httpx.post(f"{live}/cds-services/lumbar-patient-view/feedback", json={"feedback": [{"card": 1}]})
+    assert ok.status_code == 200
+    assert bad.status_code == 400 and bad.json()["resourceType"] == "OperationOutcome"
+
+
+def test_logs_are_json_with_the_hook_instance(live: str, service_log: Path) -> None:
+    keys = list(_discover(live)["patient-view"]["prefetch"])
+    body = builders.hook_request(prefetch=builders.prefetch_for(builders.lbp_patient_with_retention(), keys))
+    _call(live, body)
+    lines = [json.loads(line) for line in service_log.read_text().splitlines() if line.startswith("{")]
+    calls = [
+        line
+        for line in lines
+        if line.get("event") == "hook call" and line.get("hookInstance") == body["hookInstance"]
+    ]
+    assert calls and calls[0]["service"] == "lumbar-patient-view"

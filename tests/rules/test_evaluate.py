@@ -1,0 +1,122 @@
+"""The evaluator: purity, fault isolation, precedence and consolidation on the bundled rule set."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+from cds_hooks.request import parse_hook_request
+from rules.engine.evaluate import evaluate
+from rules.engine.ruleset import RuleSet
+from tests.support import builders
+
+NOW = datetime(2026, 11, 21, 10, tzinfo=UTC)
+
+
+def _request(
+    resources: list[dict[str, Any]], hook_instance: str = "0f0e0d0c-0b0a-4909-8807-060504030201"
+) -> Any:
+    body = builders.hook_request(prefetch={"all": builders.bundle(*resources)})
+    body["hookInstance"] = hook_instance
+    return parse_hook_request(json.dumps(body))
+
+
+def test_evaluation_is_pure_and_deterministic(ruleset: RuleSet) -> None:
+    request = _request(builders.lbp_patient_with_retention())
+    first = evaluate(ruleset, request, NOW).response().to_wire()
+    second = evaluate(ruleset, request, NOW).response().to_wire()
+    assert first == second
+    other = (
+        evaluate(
+            ruleset,
+            _request(builders.lbp_patient_with_retention(), "1f0e0d0c-0b0a-4909-8807-060504030201"),
+            NOW,
+        )
+        .response()
+        .to_wire()
+    )
+    assert other["cards"][0]["uuid"] != first["cards"][0]["uuid"]
+
+
+def test_the_issue_scenario(ruleset: RuleSet) -> None:
+    evaluation = evaluate(ruleset, _request(builders.lbp_patient_with_retention()), NOW)
+    assert [(c.indicator, c.source.topic.code if c.source.topic else None) for c in evaluation.cards] == [
+        ("critical", "rf-ces-sphincter-disturbance")
+    ]
+    card = evaluation.cards[0]
+    orders = {
+        (a.resource or {})["code"]["coding"][0]["code"]: (a.resource or {})["priority"]
+        for s in card.suggestions
+        for a in s.actions
+    }
+    assert orders == {"306254002": "stat", "30679-5": "stat", "308482002": "stat", "308481009": "stat"}
+    assert card.selection_behavior == "any"
+    assert "Observation/ret-1" in (card.detail or "") and "2026-11-20" in (card.detail or "")
+    assert "Condition/lbp-1" in (card.detail or "")  # the episode that gates it is cited too
+    for suggestion in card.suggestions:
+        resource = suggestion.actions[0].resource or {}
+        assert resource["status"] == "draft" and resource["intent"] == "proposal"
+        assert resource["subject"] == {"reference": "Patient/pat-45"}
+        assert resource["reasonCode"][0]["coding"][0]["code"] == "192970008"
+        assert {"reference": "Observation/ret-1"} in resource["reasonReference"]
+
+
+def test_entered_in_error_and_old_retention_give_the_no_imaging_advice(ruleset: RuleSet) -> None:
+    for resources in (
+        builders.lbp_patient_with_retention(retention_status="entered-in-error"),
+        builders.lbp_patient_with_retention(retention_when="2020-11-20"),
+    ):
+        evaluation = evaluate(ruleset, _request(resources), NOW)
+        topics = [c.source.topic.code if c.source.topic else None for c in evaluation.cards]
+        assert "rf-ces-sphincter-disturbance" not in topics
+        assert "test-no-imaging-acute-uncomplicated" in topics
+
+
+def _broken(ruleset: RuleSet, rule_id: str, error: Exception) -> RuleSet:
+    """The rule set with one rule whose condition raises ``error``."""
+
+    def boom(_: Any) -> None:
+        raise error
+
+    broken = replace(ruleset.by_id[rule_id], check=boom)
+    rules = tuple(broken if r.id == rule_id else r for r in ruleset.rules)
+    return replace(ruleset, rules=rules, by_id={r.id: r for r in rules})
+
+
+def test_one_failing_rule_does_not_hide_another_rules_card(ruleset: RuleSet) -> None:
+    patched = _broken(ruleset, "rf-acute-motor-deficit", RuntimeError("bug in a rule"))
+    evaluation = evaluate(patched, _request(builders.lbp_patient_with_retention()), NOW)
+    topics = [c.source.topic.code if c.source.topic else None for c in evaluation.cards]
+    assert topics == ["engine-incomplete", "rf-ces-sphincter-disturbance"]
+    assert evaluation.errors == {"rf-acute-motor-deficit": "RuntimeError: bug in a rule"}
+    assert evaluation.verdicts["rf-acute-motor-deficit"].status == "error"
+
+
+def test_a_failing_red_flag_still_suppresses_the_reassuring_advice(ruleset: RuleSet) -> None:
+    patched = _broken(ruleset, "rf-ces-sphincter-disturbance", KeyError("x"))
+    resources = [builders.patient(), builders.condition("lbp", "279039007", "2026-11-15")]
+    evaluation = evaluate(patched, _request(resources), NOW)
+    assert evaluation.verdicts["test-no-imaging-acute-uncomplicated"].status == "suppressed"
+    assert evaluation.cards[0].indicator == "warning"
+    assert "could not be evaluated" in evaluation.cards[0].summary
+
+
+def test_no_low_back_pain_no_cards(ruleset: RuleSet) -> None:
+    evaluation = evaluate(
+        ruleset, _request([builders.patient(), builders.finding("r", "267064002", "2026-11-20")]), NOW
+    )
+    assert evaluation.cards == ()
+    assert not evaluation.has_context
+    assert {v.status for v in evaluation.verdicts.values()} == {"no-context"}
+
+
+def test_card_detail_escapes_markdown_from_the_record(ruleset: RuleSet) -> None:
+    lbp = builders.condition("lbp", "279039007", "2026-11-15")
+    obs = builders.finding("ret", "267064002", "2026-11-20")
+    obs["code"]["text"] = "Retention [click](http://evil.example) *now*"
+    evaluation = evaluate(ruleset, _request([builders.patient(), lbp, obs]), NOW)
+    detail = evaluation.cards[0].detail or ""
+    assert "[click](http" not in detail
+    assert r"\[click\]\(http://evil.example\) \*now\*" in detail

@@ -1,0 +1,174 @@
+"""Loading the catalogue: every error at once, each at file:line:col, and an invalid catalogue refused."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from rules import BUNDLED_CATALOG
+from rules.engine.diagnostics import RuleSetError
+from rules.engine.ruleset import load_ruleset
+
+
+@pytest.fixture
+def catalog(tmp_path: Path) -> Path:
+    target = tmp_path / "catalog"
+    shutil.copytree(BUNDLED_CATALOG, target)
+    return target
+
+
+def _errors(folder: Path) -> list[str]:
+    with pytest.raises(RuleSetError) as caught:
+        load_ruleset(folder)
+    return [d.render() for d in caught.value.diagnostics]
+
+
+def _edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, old
+    path.write_text(text.replace(old, new, 1))
+
+
+def _line_of(path: Path, needle: str) -> int:
+    return next(i for i, line in enumerate(path.read_text().splitlines(), 1) if needle in line)
+
+
+def test_bundled_catalogue_loads(catalog: Path) -> None:
+    ruleset = load_ruleset(catalog)
+    assert "rf-ces-sphincter-disturbance" in ruleset.by_id
+    assert len(ruleset.version) == 16
+
+
+def test_unknown_value_set_with_a_suggestion(catalog: Path) -> None:
+    rule = catalog / "rf-ces-saddle-sensory-loss.yaml"
+    _edit(rule, "valueset: saddle-sensory-loss", "valueset: saddle-sensory-los")
+    line = _line_of(rule, "saddle-sensory-los,")
+    errors = _errors(catalog)
+    assert any(
+        f"rf-ces-saddle-sensory-loss.yaml:{line}:" in e
+        and "unknown value set 'saddle-sensory-los'" in e
+        and "did you mean 'saddle-sensory-loss'?" in e
+        for e in errors
+    ), errors
+
+
+def test_all_errors_of_all_files_are_reported_together(catalog: Path) -> None:
+    _edit(catalog / "rf-acute-motor-deficit.yaml", "indicator: critical", "indicator: urgent")
+    _edit(catalog / "adv-self-management-nonspecific.yaml", "category: advice", "category: advice\nsumary: x")
+    _edit(catalog / "valuesets" / "leg-weakness.yaml", "snomed:6077001", "snomed:6077002")
+    errors = _errors(catalog)
+    joined = "\n".join(errors)
+    assert (
+        "rf-acute-motor-deficit.yaml:5:12: error: "
+        "indicator: input should be 'info', 'warning' or 'critical' (got 'urgent')" in joined
+    )
+    assert "adv-self-management-nonspecific.yaml:5:1: error: unknown key 'sumary'" in joined
+    assert "help: did you mean 'summary'?" in joined
+    assert "leg-weakness.yaml" in joined and "snomed:6077002" in joined and "terminology list" in joined
+
+
+def test_codes_outside_the_terminology_list_are_refused(catalog: Path) -> None:
+    # Part E: 24531-6 is US Retroperitoneum, wrongly used as MRI lumbar in a public repository.
+    _edit(catalog / "rf-ces-sphincter-disturbance.yaml", "order: loinc:30679-5", "order: loinc:30679-6")
+    errors = _errors(catalog)
+    assert any("code 'loinc:30679-6' is not in the project's terminology list" in e for e in errors), errors
+
+
+def test_duplicate_keys_and_yaml_syntax(catalog: Path) -> None:
+    _edit(
+        catalog / "rf-ces-bilateral-radicular.yaml",
+        "category: red-flag",
+        "category: red-flag\ncategory: test",
+    )
+    _edit(catalog / "test-no-imaging-acute-uncomplicated.yaml", "title:", "title: [unclosed\nx:")
+    errors = "\n".join(_errors(catalog))
+    assert "rf-ces-bilateral-radicular.yaml:5:1: error: invalid YAML:" in errors and "duplicate key" in errors
+    assert "test-no-imaging-acute-uncomplicated.yaml" in errors
+
+
+def test_rule_id_must_match_file_name(catalog: Path) -> None:
+    (catalog / "rf-acute-motor-deficit.yaml").rename(catalog / "rf-motor.yaml")
+    errors = _errors(catalog)
+    assert any(
+        "rf-motor.yaml:2:1: error: rule id 'rf-acute-motor-deficit' differs from the file name 'rf-motor'"
+        in e
+        for e in errors
+    ), errors
+
+
+def test_a_rule_needs_both_test_directions(catalog: Path) -> None:
+    path = catalog / "rf-ces-bilateral-radicular.yaml"
+    text = path.read_text().replace("expect: {fired: false}", "expect: {fired: true}")
+    path.write_text(text)
+    assert any("one test that fires and one that stays silent" in e for e in _errors(catalog))
+
+
+def test_references_between_rules_are_checked(catalog: Path) -> None:
+    _edit(
+        catalog / "rf-ces-saddle-sensory-loss.yaml",
+        "consolidate_into: rf-ces-sphincter-disturbance",
+        "consolidate_into: rf-ces-sphincter",
+    )
+    _edit(
+        catalog / "rf-acute-motor-deficit.yaml",
+        "  - adv-self-management-nonspecific",
+        "  - adv-self-management",
+    )
+    errors = "\n".join(_errors(catalog))
+    assert (
+        "unknown rule 'rf-ces-sphincter'" in errors
+        and "did you mean 'rf-ces-sphincter-disturbance'?" in errors
+    )
+    assert "unknown rule 'adv-self-management'" in errors
+
+
+def test_advice_cannot_suppress_a_red_flag(catalog: Path) -> None:
+    _edit(
+        catalog / "adv-self-management-nonspecific.yaml",
+        "hooks: [patient-view, encounter-start]",
+        "hooks: [patient-view, encounter-start]\nsuppresses: [rf-ces-sphincter-disturbance]",
+    )
+    errors = "\n".join(_errors(catalog))
+    assert "info rule cannot suppress the critical red flag 'rf-ces-sphincter-disturbance'" in errors
+
+
+def test_suppression_cycles_are_errors(catalog: Path) -> None:
+    _edit(
+        catalog / "adv-self-management-nonspecific.yaml",
+        "hooks: [patient-view, encounter-start]",
+        "hooks: [patient-view, encounter-start]\nsuppresses: [test-no-imaging-acute-uncomplicated]",
+    )
+    _edit(
+        catalog / "test-no-imaging-acute-uncomplicated.yaml",
+        "hooks: [patient-view, encounter-start]",
+        "hooks: [patient-view, encounter-start]\nsuppresses: [adv-self-management-nonspecific]",
+    )
+    assert any("cycle in 'suppresses'" in e for e in _errors(catalog))
+
+
+def test_summary_over_139_characters_is_refused(catalog: Path) -> None:
+    path = catalog / "adv-self-management-nonspecific.yaml"
+    _edit(path, 'summary: "Self-management:', 'summary: "' + "x" * 140 + " Self-management:")
+    assert any(
+        "adv-self-management-nonspecific.yaml" in e and "at most 139 characters" in e
+        for e in _errors(catalog)
+    )
+
+
+def test_condition_needs_exactly_one_key(catalog: Path) -> None:
+    _edit(
+        catalog / "rf-ces-bilateral-radicular.yaml", "when:\n  finding:", "when:\n  age: {gt: 3}\n  finding:"
+    )
+    assert any("a condition needs exactly one of" in e for e in _errors(catalog))
+
+
+def test_missing_context_value_set_is_an_error(catalog: Path) -> None:
+    (catalog / "valuesets" / "low-back-pain.yaml").unlink()
+    assert any("missing value set 'low-back-pain'" in e for e in _errors(catalog))
+
+
+def test_missing_directory() -> None:
+    with pytest.raises(RuleSetError, match="does not exist"):
+        load_ruleset(Path("/nonexistent/rules"))

@@ -1,0 +1,272 @@
+"""The HTTP API in-process: discovery, hook calls, every 4xx as an OperationOutcome, feedback, health."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from service.app import create_app
+from tests.conftest import running
+from tests.support import builders
+from tests.support.fhir_server import FhirTestServer
+
+pytestmark = pytest.mark.anyio
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+SERVICE = "/cds-services/lumbar-patient-view"
+
+
+def _outcome(response: Any, status: int, text: str) -> None:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["resourceType"] == "OperationOutcome"
+    assert any(text in issue["diagnostics"] for issue in body["issue"]), body
+
+
+async def test_discovery_lists_one_service_per_hook_with_generated_prefetch(settings_factory: Any) -> None:
+    async with running(create_app(settings_factory())) as client:
+        response = await client.get("/cds-services")
+    assert response.status_code == 200
+    services = {s["hook"]: s for s in response.json()["services"]}
+    assert set(services) == {"patient-view", "encounter-start", "order-select", "order-sign"}
+    patient_view = services["patient-view"]
+    assert patient_view["id"] == "lumbar-patient-view"
+    assert patient_view["prefetch"]["patient"] == "Patient/{{context.patientId}}"
+    observations = patient_view["prefetch"]["observations"]
+    assert "http://snomed.info/sct|267064002" in observations  # read by the cauda equina rule
+    assert "http://snomed.info/sct|75367002" not in observations  # read by no rule
+    assert "rule-set version" in patient_view["usageRequirements"]
+
+
+async def test_sandbox_patient_view_with_prefetch(settings_factory: Any) -> None:
+    body = (FIXTURES / "sandbox-patient-view.json").read_bytes()
+    async with running(create_app(settings_factory())) as client:
+        response = await client.post(SERVICE, content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 200, response.text
+    cards = response.json()["cards"]
+    assert [c["indicator"] for c in cards] == ["critical"]
+    assert "cauda equina" in cards[0]["summary"]
+
+
+async def test_only_fhir_server_is_fetched_when_allowed(
+    settings_factory: Any, fhir_server: FhirTestServer
+) -> None:
+    fhir_server.resources = builders.lbp_patient_with_retention()
+    app = create_app(settings_factory(fhir_allowlist=[fhir_server.base_url]))
+    request = builders.hook_request(fhir_server=fhir_server.base_url)
+    async with running(app) as client:
+        response = await client.post(SERVICE, json=request)
+    assert response.status_code == 200, response.text
+    assert response.json()["cards"][0]["indicator"] == "critical"
+    assert {
+        r.path.rsplit("/", 1)[-1] if "Patient/" not in r.path else "Patient" for r in fhir_server.requests
+    } == {"Patient", "Condition", "Observation", "ServiceRequest", "DiagnosticReport"}
+
+
+async def test_neither_prefetch_nor_server_is_412(settings_factory: Any) -> None:
+    async with running(create_app(settings_factory())) as client:
+        response = await client.post(SERVICE, json=builders.hook_request())
+    _outcome(response, 412, "no fhirServer")
+
+
+async def test_a_server_not_on_the_allowlist_is_412_and_never_contacted(
+    settings_factory: Any, fhir_server: FhirTestServer
+) -> None:
+    async with running(create_app(settings_factory())) as client:
+        response = await client.post(SERVICE, json=builders.hook_request(fhir_server=fhir_server.base_url))
+    _outcome(response, 412, "not in LUMBAR_FHIR_ALLOWLIST")
+    assert fhir_server.requests == []
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "text"),
+    [
+        (b"", 400, "invalid JSON"),
+        (b"{not json", 400, "invalid JSON"),
+        (b"[]", 400, "(body)"),
+        (b'{"hook": "patient-view"}', 400, "hookInstance: Field required"),
+        (
+            json.dumps(builders.hook_request("order-sign")).encode(),
+            400,
+            "context.draftOrders: Field required",
+        ),
+        (json.dumps({**builders.hook_request(), "hookInstance": 5}).encode(), 400, "hookInstance"),
+    ],
+)
+async def test_malformed_requests_are_400_naming_the_field(
+    settings_factory: Any, body: bytes, status: int, text: str
+) -> None:
+    async with running(create_app(settings_factory())) as client:
+        response = await client.post(SERVICE, content=body, headers={"Content-Type": "application/json"})
+    _outcome(response, status, text)
+
+
+async def test_hook_must_match_the_service(settings_factory: Any) -> None:
+    body = builders.hook_request("encounter-start", encounterId="e1", prefetch={})
+    async with running(create_app(settings_factory())) as client:
+        response = await client.post(SERVICE, json=body)
+    _outcome(response, 400, "which serves 'patient-view'")
+
+
+async def test_unknown_service_and_path_are_404(settings_factory: Any) -> None:
+    async with running(create_app(settings_factory())) as client:
+        _outcome(await client.post("/cds-services/nope", json={}), 404, "unknown CDS service 'nope'")
+        _outcome(await client.post("/cds-services/nope/feedback", json={}), 404, "unknown CDS service")
+        _outcome(await client.get("/nothing-here"), 404, "no such endpoint")
+        _outcome(await client.delete("/cds-services"), 405, "method not allowed")
+
+
+async def test_body_limit_is_413(settings_factory: Any) -> None:
+    async with running(create_app(settings_factory(max_body_bytes=2048))) as client:
+        response = await client.post(
+            SERVICE, content=b"{" + b" " * 4096 + b"}", headers={"Content-Type": "application/json"}
+        )
+        _outcome(response, 413, "larger than 2048 bytes")
+
+        async def chunks() -> Any:  # no Content-Length: the limit holds for streamed bodies too
+            for _ in range(10):
+                yield b" " * 1024
+
+        response = await client.post(SERVICE, content=chunks(), headers={"Content-Type": "application/json"})
+        _outcome(response, 413, "larger than 2048 bytes")
+
+
+async def test_jwt_mode_refuses_every_cds_call_but_not_health(settings_factory: Any) -> None:
+    async with running(create_app(settings_factory(auth="jwt"))) as client:
+        _outcome(await client.get("/cds-services"), 401, "authentication required")
+        _outcome(
+            await client.post(SERVICE, json=builders.hook_request(prefetch={})),
+            401,
+            "authentication required",
+        )
+        response = await client.post(f"{SERVICE}/feedback", json={})
+        _outcome(response, 401, "authentication required")
+        assert response.headers["WWW-Authenticate"] == "Bearer"
+        assert (await client.get("/healthz")).status_code == 200
+
+
+async def test_cors_preflight_needs_no_token(settings_factory: Any) -> None:
+    async with running(create_app(settings_factory(auth="jwt"))) as client:
+        response = await client.options(
+            SERVICE,
+            headers={
+                "Origin": "https://sandbox.cds-hooks.org",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization,content-type",
+            },
+        )
+    assert response.status_code == 200
+    assert response.headers["access-control-allow-origin"] == "*"
+    assert "authorization" in response.headers["access-control-allow-headers"].lower()
+
+
+async def test_cors_restricted_origins(settings_factory: Any) -> None:
+    app = create_app(settings_factory(cors_origins=["https://ehr.example.org"]))
+    async with running(app) as client:
+        allowed = await client.get("/cds-services", headers={"Origin": "https://ehr.example.org"})
+        other = await client.get("/cds-services", headers={"Origin": "https://evil.example"})
+    assert allowed.headers["access-control-allow-origin"] == "https://ehr.example.org"
+    assert "access-control-allow-origin" not in other.headers
+
+
+async def test_feedback_is_stored_once(settings_factory: Any, tmp_path: Path) -> None:
+    item = {
+        "card": "9b3c6a1e-0000-4000-8000-000000000001",
+        "outcome": "overridden",
+        "overrideReason": {
+            "reason": {
+                "system": "urn:lumbar-cds:override-reason",
+                "code": "already-managed",
+                "display": "Already being managed or referred",
+            },
+            "userComment": "seen in ED yesterday",
+        },
+        "outcomeTimestamp": "2026-11-21T10:05:00Z",
+    }
+    accepted = {
+        "card": "9b3c6a1e-0000-4000-8000-000000000002",
+        "outcome": "accepted",
+        "acceptedSuggestions": [{"id": "s-1"}],
+        "outcomeTimestamp": "2026-11-21T10:06:00Z",
+    }
+    async with running(create_app(settings_factory())) as client:
+        first = await client.post(f"{SERVICE}/feedback", json={"feedback": [item, accepted]})
+        again = await client.post(f"{SERVICE}/feedback", json={"feedback": [item]})
+        bad = await client.post(f"{SERVICE}/feedback", json={"feedback": [{**item, "outcome": "ignored"}]})
+    assert (first.status_code, again.status_code) == (200, 200)
+    _outcome(bad, 400, "feedback[0].outcome")
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path}/lumbar.db")
+    async with engine.connect() as connection:
+        rows = (
+            await connection.execute(
+                sa.text(
+                    "select card_uuid, outcome, override_code, user_comment, accepted_suggestions"
+                    " from feedback order by id"
+                )
+            )
+        ).all()
+    await engine.dispose()
+    assert rows == [
+        (
+            "9b3c6a1e-0000-4000-8000-000000000001",
+            "overridden",
+            "already-managed",
+            "seen in ED yesterday",
+            "[]",
+        ),
+        ("9b3c6a1e-0000-4000-8000-000000000002", "accepted", None, None, '["s-1"]'),
+    ]
+
+
+async def test_health_readiness_and_metrics(settings_factory: Any) -> None:
+    app = create_app(settings_factory())
+    async with running(app) as client:
+        assert (await client.get("/healthz")).json() == {"status": "ok"}
+        ready = (await client.get("/readyz")).json()
+        body = (FIXTURES / "sandbox-patient-view.json").read_bytes()
+        await client.post(SERVICE, content=body)
+        metrics = (await client.get("/metrics")).text
+    assert ready["status"] == "ready" and ready["database"] == "reachable"
+    assert len(ready["rules"]["version"]) == 16
+    assert (
+        'lumbar_hook_calls_total{hook="patient-view",service="lumbar-patient-view",status="200"} 1.0'
+        in metrics
+    )
+    assert 'lumbar_rules_fired_total{rule="rf-ces-sphincter-disturbance"} 1.0' in metrics
+
+
+async def test_readiness_fails_without_a_database(settings_factory: Any, tmp_path: Path) -> None:
+    app = create_app(settings_factory())
+    async with running(app) as client:
+        await app.state.lumbar.database.engine.dispose()
+        app.state.lumbar.database.engine = create_async_engine("postgresql+asyncpg://nobody@127.0.0.1:1/none")
+        response = await client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["database"] == "unreachable"
+
+
+async def test_openapi_describes_the_raw_body_endpoints(settings_factory: Any) -> None:
+    async with running(create_app(settings_factory())) as client:
+        doc = (await client.get("/openapi.json")).json()
+    call = doc["paths"]["/cds-services/{service_id}"]["post"]
+    assert call["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/HookRequest"
+    }
+    assert set(call["responses"]) >= {"200", "400", "401", "404", "412", "413"}
+    schemas = doc["components"]["schemas"]
+    assert "HookRequest" in schemas and "Feedback" in schemas
+    for name, schema in schemas.items():
+        assert schema.get("$ref") != f"#/components/schemas/{name}", f"{name} refers to itself"
+    assert "properties" in schemas["Feedback"]
+
+
+def test_invalid_catalogue_refuses_to_start(settings_factory: Any, tmp_path: Path) -> None:
+    from rules.engine.diagnostics import RuleSetError
+
+    (tmp_path / "rules").mkdir()
+    with pytest.raises(RuleSetError):
+        create_app(settings_factory(rules_dir=tmp_path / "rules"))

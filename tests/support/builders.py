@@ -1,0 +1,147 @@
+"""Realistic FHIR R4 JSON for tests: the issue's patients, built the way an EHR sends them."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+SNOMED = "http://snomed.info/sct"
+LOINC = "http://loinc.org"
+CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
+VERIFICATION = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
+NOW = "2026-11-21T10:00:00Z"
+
+
+def patient(pid: str = "pat-45", birth_date: str = "1981-03-02", gender: str = "male") -> dict[str, Any]:
+    return {
+        "resourceType": "Patient",
+        "id": pid,
+        "gender": gender,
+        "birthDate": birth_date,
+        "name": [{"family": "Example", "given": ["Alex"]}],
+    }
+
+
+def condition(
+    cid: str,
+    code: str,
+    onset: str,
+    pid: str = "pat-45",
+    *,
+    system: str = SNOMED,
+    display: str | None = None,
+    clinical: str = "active",
+) -> dict[str, Any]:
+    coding: dict[str, Any] = {"system": system, "code": code}
+    if display:
+        coding["display"] = display
+    return {
+        "resourceType": "Condition",
+        "id": cid,
+        "clinicalStatus": {"coding": [{"system": CLINICAL, "code": clinical}]},
+        "verificationStatus": {"coding": [{"system": VERIFICATION, "code": "confirmed"}]},
+        "category": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/condition-category",
+                        "code": "problem-list-item",
+                    }
+                ]
+            }
+        ],
+        "code": {"coding": [coding], "text": display or code},
+        "subject": {"reference": f"Patient/{pid}"},
+        "onsetDateTime": onset,
+        "recordedDate": onset,
+    }
+
+
+def finding(
+    oid: str,
+    code: str,
+    when: str,
+    pid: str = "pat-45",
+    *,
+    value: bool = True,
+    status: str = "final",
+    display: str | None = None,
+) -> dict[str, Any]:
+    coding: dict[str, Any] = {"system": SNOMED, "code": code}
+    if display:
+        coding["display"] = display
+    return {
+        "resourceType": "Observation",
+        "id": oid,
+        "status": status,
+        "category": [
+            {
+                "coding": [
+                    {"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "exam"}
+                ]
+            }
+        ],
+        "code": {"coding": [coding]},
+        "subject": {"reference": f"Patient/{pid}"},
+        "effectiveDateTime": when,
+        "valueBoolean": value,
+    }
+
+
+def bundle(*resources: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": len(resources),
+        "entry": [{"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": r} for r in resources],
+    }
+
+
+def lbp_patient_with_retention(
+    *, retention_when: str = "2026-11-20T08:30:00Z", retention_status: str = "final"
+) -> list[dict[str, Any]]:
+    """The issue's scenario: 45 years old, low back pain since 6 days, urinary retention."""
+    return [
+        patient(),
+        condition("lbp-1", "279039007", "2026-11-15", display="Low back pain"),
+        finding("ret-1", "267064002", retention_when, status=retention_status, display="Retention of urine"),
+    ]
+
+
+def hook_request(
+    hook: str = "patient-view",
+    *,
+    pid: str = "pat-45",
+    prefetch: dict[str, Any] | None = None,
+    fhir_server: str | None = None,
+    **context: Any,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "hookInstance": str(uuid.uuid4()),
+        "hook": hook,
+        "context": {"patientId": pid, "userId": "Practitioner/COREPRACTITIONER1", **context},
+    }
+    if fhir_server:
+        body["fhirServer"] = fhir_server
+    if prefetch is not None:
+        body["prefetch"] = prefetch
+    return body
+
+
+def prefetch_for(resources: list[dict[str, Any]], keys: list[str]) -> dict[str, Any]:
+    """Fill every key of a discovery service the way an EHR would: Patient read, searches as Bundles."""
+    types = {
+        "conditions": "Condition",
+        "observations": "Observation",
+        "medications": "MedicationStatement",
+        "servicerequests": "ServiceRequest",
+        "diagnosticreports": "DiagnosticReport",
+        "procedures": "Procedure",
+    }
+    out: dict[str, Any] = {}
+    for key in keys:
+        if key == "patient":
+            out[key] = next((r for r in resources if r["resourceType"] == "Patient"), None)
+        else:
+            out[key] = bundle(*(r for r in resources if r["resourceType"] == types[key]))
+    return out

@@ -1,0 +1,61 @@
+"""Start the real service (``python -m service serve``) on a free loopback port, and stop it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextmanager
+def live_service(
+    env: dict[str, str], *, workers: int = 1, log: Path | None = None, ready_timeout: float = 30.0
+) -> Iterator[str]:
+    """Yield the base URL of a running service; the process is terminated afterwards."""
+    port = free_port()
+    full_env = {**os.environ, "LUMBAR_AUTH": "off", **env}
+    output = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115  # closed below
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service", "serve", "--port", str(port), "--workers", str(workers)],
+        env=full_env,
+        stdout=output,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + ready_timeout
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"the service exited with {process.returncode}")
+            try:
+                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the service did not become ready")
+            time.sleep(0.1)
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if log:
+            output.close()  # type: ignore[union-attr]
