@@ -10,10 +10,12 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
+import orjson
 from pydantic import (
     AfterValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     StringConstraints,
     TypeAdapter,
@@ -76,19 +78,28 @@ class EncounterStartContext(WireModel):
     encounter_id: FhirId
 
 
-class OrderSelectContext(WireModel):
+class _DraftOrdersContext(WireModel):
+    """A context with draft orders. Besides the parsed Bundle, ``draft_orders_raw`` holds the Bundle as
+    sent (filled by :func:`parse_hook_request`): a system action that rates an order must return it whole,
+    and the parsed model keeps only what the rules read."""
+
     user_id: UserReference
     patient_id: FhirId
     encounter_id: FhirId | None = None
+    draft_orders: Bundle
+    _draft_orders_raw: dict[str, Any] | None = PrivateAttr(default=None)
+
+    @property
+    def draft_orders_raw(self) -> dict[str, Any] | None:
+        return self._draft_orders_raw
+
+
+class OrderSelectContext(_DraftOrdersContext):
     selections: tuple[LocalReference, ...] = Field(min_length=1)
-    draft_orders: Bundle
 
 
-class OrderSignContext(WireModel):
-    user_id: UserReference
-    patient_id: FhirId
-    encounter_id: FhirId | None = None
-    draft_orders: Bundle
+class OrderSignContext(_DraftOrdersContext):
+    pass
 
 
 class _HookRequestBase(WireModel):
@@ -138,5 +149,13 @@ HOOK_REQUEST: TypeAdapter[HookRequest] = TypeAdapter(HookRequest)
 
 
 def parse_hook_request(body: bytes | str) -> HookRequest:
-    """Validate a raw JSON request body (raises ``pydantic.ValidationError`` naming the bad fields)."""
-    return HOOK_REQUEST.validate_json(body)
+    """Validate a raw JSON request body (raises ``pydantic.ValidationError`` naming the bad fields).
+
+    For the order hooks the draft orders are also kept exactly as sent. They are taken from the body after
+    validation rather than by a validator, because a Python validator would switch pydantic from strict
+    JSON mode to Python mode for everything beneath it.
+    """
+    request = HOOK_REQUEST.validate_json(body)
+    if isinstance(request.context, _DraftOrdersContext):
+        request.context._draft_orders_raw = orjson.loads(body)["context"]["draftOrders"]
+    return request

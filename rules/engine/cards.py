@@ -1,17 +1,17 @@
 """Cards: templates built and validated once when rules load, rendered per request.
 
 Every suggested test or referral is an action creating a FHIR R4 ServiceRequest (status draft, intent
-proposal, a priority, the verified code). The ServiceRequest is built once per suggestion at load time and
-validated with fhir.resources (R4B models, which R4 JSON satisfies), with a placeholder subject, reason
-and reason reference of exactly the shape filled in per request; a request only copies the dict and fills
-those three elements.
+proposal, a priority, the verified code). Each such resource is built once per (code, priority) at load
+time and validated with fhir.resources (R4B models, which R4 JSON satisfies), with a placeholder subject,
+reason and reason reference of exactly the shape filled in per request; a request only copies the dict and
+fills those three elements.
 """
 
 from __future__ import annotations
 
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -19,13 +19,14 @@ from fhir.resources.R4B.servicerequest import ServiceRequest as FhirServiceReque
 from pydantic import ValidationError
 
 from cds_hooks.response import Action, Card, Coding, Link, Source, Suggestion
-from rules.engine.record import Evidence, OrderFact
-from rules.engine.terminology import CodeKey, Terminology
+from rules.engine.context import Check
+from rules.engine.facts import Evidence, OrderFact
+from rules.engine.terminology import CodeKey, Terminology, ValueSet
 
 RULE_SYSTEM = "urn:lumbar-cds:rule"
 OVERRIDE_SYSTEM = "urn:lumbar-cds:override-reason"
 PRIORITY_RANK = {"routine": 0, "urgent": 1, "asap": 2, "stat": 3}
-_UUID_NAMESPACE = uuid.UUID("1f0c6a52-6b1e-4d7a-9a39-3f6f2d9b7c11")
+UUID_NAMESPACE = uuid.UUID("1f0c6a52-6b1e-4d7a-9a39-3f6f2d9b7c11")
 
 _OVERRIDES = {
     "urgent": (
@@ -46,31 +47,6 @@ def override_reasons(indicator: str) -> tuple[Coding, ...]:
     """The override reasons offered on a card of this indicator (each with a display)."""
     chosen = _OVERRIDES["routine" if indicator == "info" else "urgent"]
     return tuple(Coding(system=OVERRIDE_SYSTEM, code=code, display=display) for code, display in chosen)
-
-
-@dataclass(frozen=True)
-class SuggestionTemplate:
-    label: str
-    code: CodeKey
-    display: str
-    priority: str
-    recommended: bool
-    window: timedelta
-    resource: dict[str, Any]  # the validated ServiceRequest, without subject and reasons
-
-
-@dataclass(frozen=True)
-class CardTemplate:
-    rule_id: str
-    title: str
-    indicator: str
-    summary: str
-    detail: str
-    source: Source
-    links: tuple[Link, ...]
-    reason: tuple[CodeKey, str] | None
-    suggestions: tuple[SuggestionTemplate, ...]
-    selection: str
 
 
 def _coding(key: CodeKey, display: str) -> dict[str, str]:
@@ -101,7 +77,59 @@ def build_service_request(code: CodeKey, display: str, priority: str) -> dict[st
     return resource
 
 
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|<>~])")
+@dataclass(frozen=True)
+class OrderTemplate:
+    """A test or referral with its ServiceRequest, validated at load time."""
+
+    code: CodeKey
+    display: str
+    priority: str
+    resource: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SuggestionTemplate:
+    label: str
+    recommended: bool
+    window: timedelta
+    order: OrderTemplate | None = None
+    remove_draft: ValueSet | None = None
+    only_if: Check | None = None
+    min_indicator: str | None = None
+
+
+@dataclass(frozen=True)
+class CardTemplate:
+    rule_id: str
+    title: str
+    indicator: str
+    summary: str
+    detail: str
+    source: Source
+    links: tuple[Link, ...]
+    reason: tuple[CodeKey, str] | None
+    suggestions: tuple[SuggestionTemplate, ...]
+    selection: str
+    notes: tuple[tuple[Check, str], ...] = ()
+
+
+@dataclass
+class CardPlan:
+    """What one card shows for one request, decided by the evaluator."""
+
+    template: CardTemplate
+    indicator: str
+    summary: str
+    rules: list[str]
+    evidence: list[Evidence]
+    orders: list[tuple[SuggestionTemplate, OrderTemplate]] = field(default_factory=list)
+    removals: list[tuple[SuggestionTemplate, list[OrderFact]]] = field(default_factory=list)
+    already: list[tuple[OrderTemplate, OrderFact]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+# Brackets are escaped so record text cannot form a link; parentheses alone are harmless.
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]#+!|<>~])")
 
 
 def escape_markdown(text: str) -> str:
@@ -129,61 +157,69 @@ def unique_evidence(evidence: list[Evidence]) -> list[Evidence]:
 
 
 def render_card(
-    template: CardTemplate,
+    plan: CardPlan,
     *,
-    rules: list[str],
-    evidence: list[Evidence],
-    suggestions: list[SuggestionTemplate],
-    already: list[tuple[SuggestionTemplate, OrderFact]],
     hook_instance: str,
     patient_reference: str,
     ruleset_version: str,
     terminology: Terminology,
 ) -> Card:
-    """Render one card for one request: evidence in the detail, suggestions as ServiceRequest actions."""
-    evidence = unique_evidence(evidence)
-    detail = [template.detail.strip(), "", "**Evidence**", *(_evidence_line(e) for e in evidence)]
-    if already:
+    """Render one card: evidence in the detail, orders as ServiceRequest actions, removals as deletes."""
+    template = plan.template
+    evidence = unique_evidence(plan.evidence)
+    detail = [template.detail.strip(), *(f"\n{note.strip()}" for note in plan.notes), "", "**Evidence**"]
+    detail += [_evidence_line(e) for e in evidence]
+    if plan.already:
         detail += ["", "**Already ordered or done, not suggested again**"]
         detail += [
-            f"- {escape_markdown(s.display)}: {order.status}"
-            + (f", {escape_markdown(order.date_text[:10])}" if order.date_text else "")
-            + f" ({escape_markdown(order.reference)})"
-            for s, order in already
+            f"- {escape_markdown(o.display)}: {found.status}"
+            + (f", {escape_markdown(found.date_text[:10])}" if found.date_text else "")
+            + f" ({escape_markdown(found.reference)})"
+            for o, found in plan.already
         ]
-    card_id = str(uuid.uuid5(_UUID_NAMESPACE, f"{hook_instance}|{template.rule_id}"))
+    card_id = str(uuid.uuid5(UUID_NAMESPACE, f"{hook_instance}|{template.rule_id}"))
     reasons = _reason_codes(template, evidence, terminology)
     references = [
         {"reference": e.reference}
         for e in evidence
         if e.reference and not e.reference.startswith("Patient/") and " " not in e.reference
     ]
-    actions = []
-    for suggestion in suggestions:
-        resource = {**suggestion.resource, "subject": {"reference": patient_reference}}
+    suggestions = []
+    for spec, order in plan.orders:
+        resource = {**order.resource, "subject": {"reference": patient_reference}}
         if reasons:
             resource["reasonCode"] = reasons
         if references:
             resource["reasonReference"] = references[:10]
-        actions.append(
+        action = Action(
+            type="create", description=f"Order: {order.display} ({order.priority})", resource=resource
+        )
+        suggestions.append(
             Suggestion(
-                label=suggestion.label,
-                uuid=str(uuid.uuid5(_UUID_NAMESPACE, f"{card_id}|{suggestion.code[0]}|{suggestion.code[1]}")),
-                is_recommended=suggestion.recommended,
-                actions=(
-                    Action(
-                        type="create",
-                        description=f"Order: {suggestion.display} ({suggestion.priority})",
-                        resource=resource,
-                    ),
-                ),
+                label=spec.label,
+                uuid=_uuid(card_id, order.code[0], order.code[1]),
+                is_recommended=spec.recommended,
+                actions=(action,),
+            )
+        )
+    for spec, drafts in plan.removals:
+        actions = tuple(
+            Action(type="delete", description=f"Remove the draft order: {d.label}", resource_id=d.reference)
+            for d in drafts
+        )
+        suggestions.append(
+            Suggestion(
+                label=spec.label,
+                uuid=_uuid(card_id, "remove", *[d.reference for d in drafts]),
+                is_recommended=spec.recommended,
+                actions=actions,
             )
         )
     return Card(
         uuid=card_id,
-        summary=template.summary,
+        summary=plan.summary,
         detail="\n".join(detail),
-        indicator=template.indicator,  # type: ignore[arg-type]  # validated by the schema's Literal
+        indicator=plan.indicator,  # type: ignore[arg-type]  # an IndicatorName, validated at load
         source=Source(
             label=template.source.label,
             url=template.source.url,
@@ -191,12 +227,16 @@ def render_card(
                 system=RULE_SYSTEM, code=template.rule_id, display=template.title, version=ruleset_version
             ),
         ),
-        suggestions=tuple(actions),
-        selection_behavior=template.selection if actions else None,  # type: ignore[arg-type]
-        override_reasons=override_reasons(template.indicator),
+        suggestions=tuple(suggestions),
+        selection_behavior=template.selection if suggestions else None,  # type: ignore[arg-type]
+        override_reasons=override_reasons(plan.indicator),
         links=template.links,
-        extension={"lumbar-cds": {"rules": rules, "rulesetVersion": ruleset_version}},
+        extension={"lumbar-cds": {"rules": plan.rules, "rulesetVersion": ruleset_version}},
     )
+
+
+def _uuid(*parts: str) -> str:
+    return str(uuid.uuid5(UUID_NAMESPACE, "|".join(parts)))
 
 
 def _reason_codes(

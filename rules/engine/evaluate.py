@@ -1,12 +1,14 @@
 """``evaluate(ruleset, request, now)``: the pure heart of the service (no I/O, no clock, no random ids).
 
 Steps: normalise the record; apply the low-back-pain context gate (knowledge base B4); evaluate every
-rule of the hook, each in isolation so one failing rule cannot hide another's card; apply precedence
-(``suppresses``) and consolidation (``consolidate_into``); give every suggested order to exactly one card
-(the most urgent) and leave out orders already placed or done; render the cards.
+rule of the hook, each in isolation so one failing rule cannot hide another's card, with its escalations;
+apply precedence (``suppresses``, at the suppressor's effective indicator) and consolidation
+(``consolidate_into``); plan each card's orders (:mod:`suggestions`); rate draft imaging orders
+(:mod:`pama`); render the cards, most urgent first.
 
-A rule that raises is reported, counted by the caller, treated as possibly fired for precedence (so the
-advice it would have suppressed stays suppressed), and a warning card says that screening is incomplete.
+A rule that raises is reported, counted by the caller, treated as possibly fired at its highest level for
+precedence (so the advice it would have suppressed stays suppressed), and a warning card says that
+screening is incomplete.
 """
 
 from __future__ import annotations
@@ -14,21 +16,17 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from cds_hooks.request import HookRequest
-from cds_hooks.response import INDICATOR_RANK, Card, CdsResponse, Coding, Source
-from rules.engine.cards import (
-    PRIORITY_RANK,
-    RULE_SYSTEM,
-    CardTemplate,
-    SuggestionTemplate,
-    override_reasons,
-    render_card,
-)
-from rules.engine.conditions import EvalContext
-from rules.engine.record import Evidence, OrderFact, PatientRecord
+from cds_hooks.response import Action, Card, CdsResponse, Coding, Source
+from rules.engine.cards import RULE_SYSTEM, CardPlan, override_reasons, render_card
+from rules.engine.context import INDICATOR_ORDER, EvalContext
+from rules.engine.facts import Evidence
+from rules.engine.pama import RATING_BY_VERDICT, rating_action
+from rules.engine.record import PatientRecord
 from rules.engine.ruleset import CompiledRule, RuleSet
+from rules.engine.suggestions import Replacements, plan_suggestions
 
 Status = Literal["fired", "silent", "suppressed", "error", "not-applicable", "no-context"]
 
@@ -42,6 +40,7 @@ class Verdict:
     evidence: tuple[Evidence, ...] = ()
     suppressed_by: tuple[str, ...] = ()
     card: str | None = None  # the rule whose card shows this rule's evidence
+    indicator: str | None = None  # the effective indicator, escalations applied
     error: str | None = None
 
 
@@ -52,12 +51,41 @@ class Evaluation:
     notes: tuple[str, ...] = ()
     errors: dict[str, str] = field(default_factory=dict)
     has_context: bool = True
+    system_actions: tuple[Action, ...] = ()
 
     def response(self) -> CdsResponse:
-        return CdsResponse(cards=self.cards)
+        """The CDS Hooks response. System actions are also sent as ``extension.systemActions``, where the
+        CDS Hooks sandbox and the Argonaut PAMA guide read them."""
+        extension: dict[str, Any] | None = None
+        if self.system_actions:
+            extension = {"systemActions": [action.to_wire() for action in self.system_actions]}
+        return CdsResponse(cards=self.cards, system_actions=self.system_actions, extension=extension)
 
     def fired(self) -> list[str]:
         return [rule_id for rule_id, v in self.verdicts.items() if v.status == "fired"]
+
+
+def _resolver(ruleset: RuleSet) -> tuple[Any, Any]:
+    def resolve(ctx: EvalContext, rule_id: str) -> list[Evidence] | None:
+        if rule_id not in ctx.memo:
+            ctx.memo[rule_id] = ruleset.by_id[rule_id].check(ctx)
+        return ctx.memo[rule_id]
+
+    def indicator(ctx: EvalContext, rule_id: str) -> str | None:
+        if rule_id not in ctx.indicators:
+            rule = ruleset.by_id[rule_id]
+            level: str | None = None
+            if resolve(ctx, rule_id) is not None:
+                level = rule.indicator
+                for escalation in rule.escalations:
+                    if INDICATOR_ORDER[escalation.indicator] > INDICATOR_ORDER[level] and (
+                        escalation.when(ctx) is not None
+                    ):
+                        level = escalation.indicator
+            ctx.indicators[rule_id] = level
+        return ctx.indicators[rule_id]
+
+    return resolve, indicator
 
 
 def evaluate(ruleset: RuleSet, request: HookRequest, now: datetime) -> Evaluation:
@@ -69,21 +97,17 @@ def evaluate(ruleset: RuleSet, request: HookRequest, now: datetime) -> Evaluatio
         now: the evaluation time (timezone-aware); every time window is measured back from it.
 
     Returns:
-        The cards to return, a verdict per rule, data-quality notes and per-rule errors.
+        The cards and system actions to return, a verdict per rule, data-quality notes, per-rule errors.
     """
     record = PatientRecord.from_request(request, ruleset.builder, now)
     hook = request.hook
     if not record.has_context(ruleset.context):
         silent = {r.id: Verdict(r.id, "no-context") for r in ruleset.rules}
         return Evaluation((), silent, tuple(record.notes), has_context=False)
-
-    def resolve(ctx: EvalContext, rule_id: str) -> list[Evidence] | None:
-        if rule_id not in ctx.memo:
-            ctx.memo[rule_id] = ruleset.by_id[rule_id].check(ctx)
-        return ctx.memo[rule_id]
-
-    ctx = EvalContext(record, now, hook, ruleset.context, resolve)
+    resolve, indicator = _resolver(ruleset)
+    ctx = EvalContext(record, now, hook, ruleset.context, resolve, indicator, ruleset.red_flag_ids)
     results: dict[str, list[Evidence]] = {}
+    levels: dict[str, str] = {}
     errors: dict[str, str] = {}
     verdicts: dict[str, Verdict] = {}
     for rule in ruleset.rules:
@@ -92,121 +116,121 @@ def evaluate(ruleset: RuleSet, request: HookRequest, now: datetime) -> Evaluatio
             continue
         try:
             found = resolve(ctx, rule.id)
+            level = indicator(ctx, rule.id)
         except Exception as exc:  # one rule's bug must not hide the other rules' cards
             errors[rule.id] = f"{type(exc).__name__}: {exc}"
             verdicts[rule.id] = Verdict(rule.id, "error", error=errors[rule.id])
             continue
-        if found is None:
+        if found is None or level is None:
             verdicts[rule.id] = Verdict(rule.id, "silent")
         else:
-            results[rule.id] = found
+            results[rule.id], levels[rule.id] = found, level
 
-    suppressors: dict[str, list[str]] = defaultdict(list)
-    for rule_id in [*results, *errors]:
-        for target in ruleset.by_id[rule_id].suppresses:
-            suppressors[target].append(rule_id)
+    suppressors = _suppressors(ruleset, levels, errors)
     groups: dict[str, list[tuple[CompiledRule, list[Evidence]]]] = defaultdict(list)
     for rule_id, found in results.items():
         rule = ruleset.by_id[rule_id]
         if suppressors.get(rule_id):
-            verdicts[rule_id] = Verdict(rule_id, "suppressed", tuple(found), tuple(suppressors[rule_id]))
+            verdicts[rule_id] = Verdict(
+                rule_id, "suppressed", tuple(found), tuple(suppressors[rule_id]), indicator=levels[rule_id]
+            )
             continue
         owner = rule.consolidate_into or rule.id
-        verdicts[rule_id] = Verdict(rule_id, "fired", tuple(found), card=owner)
+        verdicts[rule_id] = Verdict(rule_id, "fired", tuple(found), card=owner, indicator=levels[rule_id])
         groups[owner].append((rule, found))
 
-    # Every card also cites the low back pain episode that gates it (knowledge base B3/B4).
-    episode = ctx.resolve_episode()
-    context_evidence = [episode.evidence()] if episode is not None else []
-    order = {rule.id: index for index, rule in enumerate(ruleset.rules)}
-    owners = sorted(groups, key=lambda o: (-INDICATOR_RANK[_template(ruleset, o).indicator], order[o]))
-    plan = _plan_suggestions(ruleset, owners, groups, record)
+    plans = _card_plans(ruleset, ctx, groups, levels)
+    plan_suggestions(plans, ctx, _replacements(ruleset, verdicts))
     cards = [
         render_card(
-            _template(ruleset, owner),
-            rules=[rule.id for rule, _ in groups[owner]],
-            evidence=[e for _, found in groups[owner] for e in found] + context_evidence,
-            suggestions=plan[owner][0],
-            already=plan[owner][1],
+            plan,
             hook_instance=request.hook_instance,
             patient_reference=record.patient_reference(),
             ruleset_version=ruleset.version,
             terminology=ruleset.terminology,
         )
-        for owner in owners
+        for plan in plans
     ]
     if errors:
         cards.insert(0, _incomplete_card(sorted(errors), ruleset.version))
+    actions = _ratings(ruleset, ctx, verdicts, request.hook_instance)
     notes = tuple(sorted(set(record.notes) | ctx.notes))
-    return Evaluation(tuple(cards), {r.id: verdicts[r.id] for r in ruleset.rules}, notes, errors)
+    return Evaluation(
+        tuple(cards),
+        {r.id: verdicts[r.id] for r in ruleset.rules},
+        notes,
+        errors,
+        system_actions=tuple(actions),
+    )
 
 
-def _template(ruleset: RuleSet, owner: str) -> CardTemplate:
-    card = ruleset.by_id[owner].card
-    assert card is not None  # the loader guarantees a consolidation target has a card
-    return card
+def _suppressors(ruleset: RuleSet, levels: dict[str, str], errors: dict[str, str]) -> dict[str, list[str]]:
+    """Who suppresses whom: a rule's entry applies once its effective indicator reaches the entry's level.
+    A rule that failed is taken at its highest possible level."""
+    out: dict[str, list[str]] = defaultdict(list)
+    for rule_id in [*levels, *errors]:
+        rule = ruleset.by_id[rule_id]
+        level = INDICATOR_ORDER[levels.get(rule_id) or rule.max_indicator]
+        for target, at in rule.suppresses:
+            if level >= INDICATOR_ORDER[at]:
+                out[target].append(rule_id)
+    return out
 
 
-def _plan_suggestions(
+def _card_plans(
     ruleset: RuleSet,
-    owners: list[str],
+    ctx: EvalContext,
     groups: dict[str, list[tuple[CompiledRule, list[Evidence]]]],
-    record: PatientRecord,
-) -> dict[str, tuple[list[SuggestionTemplate], list[tuple[SuggestionTemplate, OrderFact]]]]:
-    """Give each order to one card only (highest priority, then most urgent card), and drop orders that are
-    being ordered now, are already active, or were done within their window (knowledge base precedence)."""
-    best: dict[tuple[str, str], tuple[tuple[int, int, int], str]] = {}
-    for rank, owner in enumerate(owners):
-        template = _template(ruleset, owner)
-        for suggestion in template.suggestions:
-            score = (PRIORITY_RANK[suggestion.priority], INDICATOR_RANK[template.indicator], -rank)
-            if suggestion.code not in best or score > best[suggestion.code][0]:
-                best[suggestion.code] = (score, owner)
-    plan: dict[str, tuple[list[SuggestionTemplate], list[tuple[SuggestionTemplate, OrderFact]]]] = {}
-    for owner in owners:
-        template = _template(ruleset, owner)
-        kept: list[SuggestionTemplate] = []
-        already: list[tuple[SuggestionTemplate, OrderFact]] = []
-        for suggestion in template.suggestions:
-            if best[suggestion.code][1] != owner:
-                continue
-            existing = _existing_order(suggestion, template.indicator, record)
-            if existing is not None:
-                already.append((suggestion, existing))
-            else:
-                kept.append(suggestion)
-        plan[owner] = (kept, already)
-    return plan
+    levels: dict[str, str],
+) -> list[CardPlan]:
+    order = {rule.id: index for index, rule in enumerate(ruleset.rules)}
+    # Every card also cites the episode that gates it (B3/B4), or, with no dated pain record, what gives the
+    # context at all.
+    episode = ctx.resolve_episode()
+    context_evidence = (
+        [episode.evidence()] if episode is not None else ctx.record.context_evidence(ctx.context)[:3]
+    )
+    plans = []
+    for owner, members in groups.items():
+        template = ruleset.by_id[owner].card
+        assert template is not None  # the loader guarantees a consolidation target has a card
+        level = max((levels[rule.id] for rule, _ in members), key=lambda x: INDICATOR_ORDER[x])
+        summary = ruleset.by_id[owner].summary_at(ctx, levels.get(owner)) or template.summary
+        plan = CardPlan(
+            template,
+            level,
+            summary,
+            [rule.id for rule, _ in members],
+            [e for _, found in members for e in found] + context_evidence,
+        )
+        plan.notes = [text for check, text in template.notes if check(ctx) is not None]
+        plans.append(plan)
+    plans.sort(key=lambda p: (-INDICATOR_ORDER[p.indicator], order[p.template.rule_id]))
+    return plans
 
 
-def _existing_order(
-    suggestion: SuggestionTemplate, indicator: str, record: PatientRecord
-) -> OrderFact | None:
-    since = record.now - suggestion.window
-    for draft in record.drafts:
-        if suggestion.code in draft.codes:
-            return draft
-    for order in record.orders:
-        if suggestion.code not in order.codes or order.when is None or order.when < since:
+def _replacements(ruleset: RuleSet, verdicts: dict[str, Verdict]) -> Replacements:
+    out: Replacements = {}
+    for rule in ruleset.rules:
+        if rule.replacements and verdicts[rule.id].status == "fired":
+            out.update(rule.replacements)
+    return out
+
+
+def _ratings(
+    ruleset: RuleSet, ctx: EvalContext, verdicts: dict[str, Verdict], hook_instance: str
+) -> list[Action]:
+    actions = []
+    for rule in ruleset.rules:
+        rating = RATING_BY_VERDICT.get(verdicts[rule.id].status)
+        if rule.pama_rating is None or rating is None:
             continue
-        if order.status in ("active", "on-hold"):
-            return order
-        # A result from before an emergency does not answer it: critical cards re-suggest completed tests.
-        if order.status == "completed" and indicator != "critical":
-            return order
-    if indicator != "critical":
-        for fact in record.by_code.get(suggestion.code, ()):
-            if fact.resource_type == "Observation" and fact.last_seen is not None and fact.last_seen >= since:
-                return OrderFact(
-                    "Observation",
-                    fact.reference,
-                    fact.codes,
-                    fact.label,
-                    "resulted",
-                    fact.last_seen,
-                    fact.date_text,
-                )
-    return None
+        for draft in ctx.record.drafts:
+            if set(draft.codes) & rule.pama_rating.keys:
+                action = rating_action(draft, rating, hook_instance)
+                if action is not None:
+                    actions.append(action)
+    return actions
 
 
 def _incomplete_card(failed: list[str], version: str) -> Card:

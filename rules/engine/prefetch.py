@@ -47,30 +47,35 @@ def prefetch_templates(ruleset: RuleSet) -> dict[str, dict[str, str]]:
         rules = _closure(ruleset, hook)
         if not rules:
             continue
-        findings: set[CodeKey] = set(ruleset.context.keys)
+        findings: dict[str, set[CodeKey]] = {"Observation": set(), "Condition": set(), "Procedure": set()}
         medications: set[CodeKey] = set()
         orders: set[CodeKey] = set()
+        for vs in [ruleset.context, *(ruleset.valuesets[n] for rule in rules for n in rule.reads)]:
+            for resource_type in vs.resources:
+                findings[resource_type] |= {
+                    k for k in vs.keys if resource_type == "Observation" or k[0] != LOINC
+                }
         for rule in rules:
-            for name in rule.reads:
-                findings |= ruleset.valuesets[name].keys
             for name in rule.reads_medications:
                 medications |= ruleset.valuesets[name].keys
             for name in rule.reads_orders:
                 orders |= ruleset.valuesets[name].keys
             if rule.card is not None:
-                orders.update(s.code for s in rule.card.suggestions)
+                orders.update(s.order.code for s in rule.card.suggestions if s.order is not None)
+            for targets in rule.replacements.values():
+                orders.update(order.code for order in targets.values())
+        results = {key for key in orders if key[0] == LOINC}
         templates = {"patient": f"Patient/{_PATIENT}"}
-        conditions = {key for key in findings if key[0] != LOINC}
-        if conditions:
-            templates["conditions"] = _search("Condition", conditions)
-        templates["observations"] = _search("Observation", findings | {k for k in orders if k[0] == LOINC})
-        if medications:
-            templates["medications"] = _search("MedicationStatement", medications)
-        if orders:
-            templates["servicerequests"] = _search("ServiceRequest", orders)
-            results = {key for key in orders if key[0] == LOINC}
-            if results:
-                templates["diagnosticreports"] = _search("DiagnosticReport", results)
+        for key, resource_type, codes in (
+            ("conditions", "Condition", findings["Condition"]),
+            ("observations", "Observation", findings["Observation"] | results),
+            ("procedures", "Procedure", findings["Procedure"] | (orders - results)),
+            ("medications", "MedicationStatement", medications),
+            ("servicerequests", "ServiceRequest", orders),
+            ("diagnosticreports", "DiagnosticReport", results),
+        ):
+            if codes:
+                templates[key] = _search(resource_type, codes)
         for template in templates.values():
             check_template(template)  # generated, so a failure here is a bug in this module
         out[hook] = templates

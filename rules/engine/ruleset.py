@@ -17,22 +17,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
-from cds_hooks.response import Link, Source
 from rules.engine import schema
-from rules.engine.cards import CardTemplate, SuggestionTemplate, build_service_request
-from rules.engine.conditions import Check, CompileEnv, DataPath, compile_condition, parse_duration
+from rules.engine.cards import CardTemplate, OrderTemplate
+from rules.engine.conditions import compile_condition
+from rules.engine.context import INDICATOR_ORDER, Check, CompileEnv, DataPath, EvalContext
 from rules.engine.diagnostics import Diagnostic, RuleSetError, did_you_mean
+from rules.engine.loader import CompiledEscalation, Loader
+from rules.engine.normalise import RecordBuilder
 from rules.engine.prefetch import prefetch_templates
-from rules.engine.record import RecordBuilder
-from rules.engine.source import SourceDocument, read_yaml
+from rules.engine.source import SourceDocument
 from rules.engine.terminology import CodeKey, Terminology, ValueSet
 
 CONTEXT_VALUESET = "low-back-pain"
 """The value set that gates every rule (knowledge base Part B4) and defines the pain episode."""
-
-_INDICATOR_RANK = {"info": 0, "warning": 1, "critical": 2}
 
 
 @dataclass(frozen=True, eq=False)
@@ -45,7 +42,7 @@ class CompiledRule:
     check: Check
     card: CardTemplate | None
     consolidate_into: str | None
-    suppresses: tuple[str, ...]
+    suppresses: tuple[tuple[str, str], ...]  # (rule id, the indicator from which it applies)
     tests: tuple[schema.TestCase, ...]
     path: str
     document: SourceDocument
@@ -54,6 +51,23 @@ class CompiledRule:
     reads_orders: frozenset[str]
     rule_refs: tuple[str, ...]
     knowledge_base: str
+    escalations: tuple[CompiledEscalation, ...] = ()
+    replacements: dict[CodeKey, dict[str, OrderTemplate]] = field(default_factory=dict)
+    pama_rating: ValueSet | None = None
+
+    @property
+    def max_indicator(self) -> str:
+        """The highest indicator this rule can reach."""
+        return max(
+            [self.indicator, *(e.indicator for e in self.escalations)], key=lambda i: INDICATOR_ORDER[i]
+        )
+
+    def summary_at(self, ctx: EvalContext, level: str | None) -> str | None:
+        """The summary of an escalation that applies at ``level`` (None: the card's own summary)."""
+        for escalation in self.escalations:
+            if escalation.indicator == level and escalation.summary and escalation.when(ctx) is not None:
+                return escalation.summary
+        return None
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,276 +84,80 @@ class RuleSet:
     file_hashes: dict[str, str]
     prefetch: dict[str, dict[str, str]] = field(default_factory=dict)
 
+    @property
+    def red_flag_ids(self) -> tuple[tuple[str, str], ...]:
+        """The red-flag rules, each with the highest indicator it can reach."""
+        return tuple((rule.id, rule.max_indicator) for rule in self.rules if rule.category == "red-flag")
+
     def rules_for(self, hook: str) -> list[CompiledRule]:
         return [rule for rule in self.rules if hook in rule.hooks]
 
 
-class _Loader:
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.diagnostics: list[Diagnostic] = []
-        self.hashes: dict[str, str] = {}
-
-    def display(self, path: Path) -> str:
-        try:
-            return str(path.relative_to(Path.cwd()))
-        except ValueError:
-            return str(path)
-
-    def read(self, path: Path) -> SourceDocument | None:
-        self.hashes[self.display(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
-        document, problems = read_yaml(path, self.display(path))
-        self.diagnostics.extend(problems)
-        return document
-
-    def validate(self, model: type[Any], document: SourceDocument) -> Any | None:
-        try:
-            return model.model_validate(document.data)
-        except ValidationError as exc:
-            for error in exc.errors(include_url=False):
-                self.diagnostics.append(_schema_diagnostic(document, error))
-            return None
-
-    # ---- the three kinds of file -------------------------------------------------------------------
-
-    def terminology(self) -> Terminology | None:
-        path = self.directory / "terminology.yaml"
-        if not path.is_file():
-            self.diagnostics.append(Diagnostic(self.display(path), 1, 1, "missing terminology.yaml"))
-            return None
-        document = self.read(path)
-        parsed = self.validate(schema.TerminologyFile, document) if document else None
-        if parsed is None:
-            return None
-        displays: dict[CodeKey, str] = {}
-        for alias, codes in parsed.codes.items():
-            system = parsed.systems.get(alias)
-            if system is None:
-                assert document is not None
-                self.diagnostics.append(
-                    document.diagnostic(
-                        ("codes", alias),
-                        f"unknown code system {alias!r}",
-                        did_you_mean(alias, parsed.systems),
-                    )
-                )
-                continue
-            for code, display in codes.items():
-                displays[(system, code)] = display
-        return Terminology(dict(parsed.systems), displays)
-
-    def valuesets(self, terminology: Terminology) -> dict[str, ValueSet]:
-        found: dict[str, ValueSet] = {}
-        for path in sorted((self.directory / "valuesets").glob("*.yaml")):
-            document = self.read(path)
-            parsed = self.validate(schema.ValueSetFile, document) if document else None
-            if parsed is None or document is None:
-                continue
-            if parsed.valueset != path.stem:
-                self.diagnostics.append(
-                    document.diagnostic(
-                        ("valueset",),
-                        f"value set name {parsed.valueset!r} differs from the file name {path.stem!r}",
-                    )
-                )
-            vs = self._valueset(parsed, document, terminology)
-            if vs is not None:
-                found[parsed.valueset] = vs
-        return found
-
-    def _valueset(
-        self, parsed: schema.ValueSetFile, document: SourceDocument, terminology: Terminology
-    ) -> ValueSet | None:
-        codes: set[CodeKey] = set()
-        sited: dict[CodeKey, set[CodeKey]] = {}
-        for index, entry in enumerate(parsed.codes):
-            ref, site = (entry, None) if isinstance(entry, str) else (entry.code, entry.body_site)
-            where: DataPath = ("codes", index) if isinstance(entry, str) else ("codes", index, "code")
-            key = self.resolve(ref, document, where, terminology)
-            site_key = (
-                self.resolve(site, document, ("codes", index, "body_site"), terminology) if site else None
-            )
-            if key is None:
-                continue
-            if site is None:
-                codes.add(key)
-            elif site_key is not None:
-                sited.setdefault(key, set()).add(site_key)
-        pattern = None
-        if parsed.text:
-            try:
-                pattern = re.compile("|".join(f"(?:{p})" for p in parsed.text), re.IGNORECASE)
-            except re.error as exc:
-                self.diagnostics.append(document.diagnostic(("text",), f"invalid regular expression: {exc}"))
-        return ValueSet(
-            parsed.valueset,
-            parsed.title,
-            frozenset(codes),
-            {k: frozenset(v) for k, v in sited.items()},
-            pattern,
+def _compile_rule(
+    loader: Loader, path: Path, valuesets: dict[str, ValueSet], terminology: Terminology
+) -> CompiledRule | None:
+    document = loader.read(path)
+    parsed: schema.RuleFile | None = loader.validate(schema.RuleFile, document)
+    if parsed is None or document is None:
+        return None
+    doc = document
+    if parsed.id != path.stem:
+        loader.diagnostics.append(
+            doc.diagnostic(("id",), f"rule id {parsed.id!r} differs from the file name {path.stem!r}")
         )
 
-    def resolve(
-        self, ref: str, document: SourceDocument, where: DataPath, terminology: Terminology
-    ) -> CodeKey | None:
-        key, problem = terminology.resolve(ref)
-        if key is None:
-            self.diagnostics.append(
-                document.diagnostic(
-                    where, problem or "unknown code", did_you_mean(ref, terminology.codes_of(ref))
-                )
-            )
-        return key
+    def report(where: DataPath, message: str, help: str | None) -> None:
+        loader.diagnostics.append(doc.diagnostic(where, message, help))
 
-    def rule(
-        self, path: Path, valuesets: dict[str, ValueSet], terminology: Terminology
-    ) -> CompiledRule | None:
-        document = self.read(path)
-        parsed: schema.RuleFile | None = self.validate(schema.RuleFile, document) if document else None
-        if parsed is None or document is None:
-            return None
-        if parsed.id != path.stem:
-            self.diagnostics.append(
-                document.diagnostic(
-                    ("id",), f"rule id {parsed.id!r} differs from the file name {path.stem!r}"
-                )
-            )
-
-        def report(where: DataPath, message: str, help: str | None) -> None:
-            self.diagnostics.append(document.diagnostic(where, message, help))
-
-        env = CompileEnv(valuesets, terminology, report)
-        check = compile_condition(parsed.when, ("when",), env)
-        card = self.card(parsed, document, terminology) if parsed.card else None
-        for index, case in enumerate(parsed.tests):
-            self._check_test(case, document, ("tests", index), terminology)
-        directions = {case.expect.fired for case in parsed.tests}
-        if directions != {True, False}:
-            report(("tests",), "a rule needs at least one test that fires and one that stays silent", None)
-        return CompiledRule(
-            parsed.id,
-            parsed.title,
-            parsed.category,
-            parsed.indicator,
-            frozenset(parsed.hooks),
-            check,
-            card,
-            parsed.consolidate_into,
-            tuple(parsed.suppresses),
-            tuple(parsed.tests),
-            document.path,
-            document,
-            frozenset(env.reads),
-            frozenset(env.reads_medications),
-            frozenset(env.reads_orders),
-            tuple(ref for ref, _ in env.rule_refs),
-            parsed.references.knowledge_base,
+    env = CompileEnv(valuesets, terminology, report)
+    check = compile_condition(parsed.when, ("when",), env)
+    escalations = tuple(
+        CompiledEscalation(e.indicator, compile_condition(e.when, ("escalate", i, "when"), env), e.summary)
+        for i, e in enumerate(parsed.escalate)
+    )
+    card = loader.card(parsed, doc, env) if parsed.card else None
+    rating = env.valueset(parsed.pama_rating, ("pama_rating",)) if parsed.pama_rating else None
+    if parsed.pama_rating:
+        env.reads_orders.add(parsed.pama_rating)
+    if parsed.category == "red-flag":
+        reach = max(
+            [parsed.indicator, *(e.indicator for e in parsed.escalate)], key=lambda i: INDICATOR_ORDER[i]
         )
-
-    def card(
-        self, parsed: schema.RuleFile, document: SourceDocument, terminology: Terminology
-    ) -> CardTemplate | None:
-        spec = parsed.card
-        assert spec is not None
-        reason = None
-        if spec.reason:
-            key = self.resolve(spec.reason, document, ("card", "reason"), terminology)
-            reason = (key, terminology.display(key)) if key else None
-        suggestions = []
-        for index, item in enumerate(spec.suggestions):
-            key = self.resolve(item.order, document, ("card", "suggestions", index, "order"), terminology)
-            if key is None:
-                continue
-            display = terminology.display(key)
-            try:
-                resource = build_service_request(key, display, item.priority)
-            except ValueError as exc:
-                self.diagnostics.append(document.diagnostic(("card", "suggestions", index), str(exc)))
-                continue
-            suggestions.append(
-                SuggestionTemplate(
-                    item.label,
-                    key,
-                    display,
-                    item.priority,
-                    item.recommended,
-                    parse_duration(item.window),
-                    resource,
+        for where, minimum in env.uses_red_flags:
+            if INDICATOR_ORDER[minimum] <= INDICATOR_ORDER[reach]:
+                report(
+                    where,
+                    f"this red-flag rule can reach {reach}, so red_flags at {minimum} would depend on itself",
+                    None,
                 )
-            )
-        codes = [s.code for s in suggestions]
-        if len(codes) != len(set(codes)):
-            self.diagnostics.append(
-                document.diagnostic(("card", "suggestions"), "the same order is suggested twice")
-            )
-        return CardTemplate(
-            parsed.id,
-            parsed.title,
-            parsed.indicator,
-            spec.summary,
-            spec.detail,
-            Source(label=spec.source.label, url=spec.source.url),
-            tuple(Link(label=link.label, url=link.url) for link in spec.links),
-            reason,
-            tuple(suggestions),
-            spec.selection,
-        )
-
-    def _check_test(
-        self, case: schema.TestCase, document: SourceDocument, where: DataPath, terminology: Terminology
-    ) -> None:
-        """Test records may use any code (to prove a wrong one stays silent) but only known systems."""
-        for group in ("records", "draft_orders"):
-            for index, record in enumerate(getattr(case, group)):
-                kind = record.kind()
-                refs = [kind[1]] if kind else []
-                refs += list(record.body_site) + list(record.interpretation)
-                if isinstance(record.value, str):
-                    refs.append(record.value)
-                for ref in refs:
-                    if ref and terminology.split(ref)[0] is None:
-                        self.diagnostics.append(
-                            document.diagnostic(
-                                (*where, group, index),
-                                f"unknown code system in {ref!r}",
-                                did_you_mean(ref.partition(":")[0], terminology.systems),
-                            )
-                        )
-
-
-def _schema_diagnostic(document: SourceDocument, error: Any) -> Diagnostic:
-    loc = tuple(error["loc"])
-    kind = error["type"]
-    message = str(error["msg"])
-    help = None
-    # pydantic adds union member names (e.g. 'str', 'ValueSetEntry') to locations; drop them.
-    clean = tuple(part for part in loc if isinstance(part, int) or not _is_type_tag(part))
-    name = next((str(part) for part in reversed(clean) if isinstance(part, str)), "value")
-    at_value = True
-    if kind == "extra_forbidden":
-        message = f"unknown key {name!r}"
-        help = did_you_mean(name, schema.ALL_KEYS)
-        at_value = False
-    elif kind == "missing":
-        message = f"missing required key {name!r}"
-        clean = clean[:-1]
-        at_value = False
-    elif kind == "value_error":
-        message = message.removeprefix("Value error, ")
-        at_value = False
-    else:
-        given = error.get("input")
-        short = isinstance(given, str | int | float | bool) and len(repr(given)) < 80
-        shown = f" (got {given!r})" if short else ""
-        message = f"{name}: {message[0].lower()}{message[1:]}{shown}"
-    return document.diagnostic(clean, message, help, at_value=at_value)
-
-
-def _is_type_tag(part: str) -> bool:
-    return (
-        (part[:1].isupper() and part not in schema.ALL_KEYS)
-        or part.startswith(("constrained-", "function-"))
-        or part in ("str", "bool", "int", "float", "list[str]", "tuple[float, str]", "is-instance[str]")
+    for index, case in enumerate(parsed.tests):
+        loader.check_test_codes(case, doc, ("tests", index), terminology)
+    if {case.expect.fired for case in parsed.tests} != {True, False}:
+        report(("tests",), "a rule needs at least one test that fires and one that stays silent", None)
+    suppresses = tuple(
+        (e, parsed.indicator) if isinstance(e, str) else (e.rule, e.at) for e in parsed.suppresses
+    )
+    return CompiledRule(
+        parsed.id,
+        parsed.title,
+        parsed.category,
+        parsed.indicator,
+        frozenset(parsed.hooks),
+        check,
+        card,
+        parsed.consolidate_into,
+        suppresses,
+        tuple(parsed.tests),
+        doc.path,
+        doc,
+        frozenset(env.reads),
+        frozenset(env.reads_medications),
+        frozenset(env.reads_orders),
+        tuple(ref for ref, _ in env.rule_refs),
+        parsed.references.knowledge_base,
+        escalations,
+        loader.replacements(parsed, doc, terminology),
+        rating,
     )
 
 
@@ -363,32 +181,31 @@ def _cross_check(rules: dict[str, CompiledRule], diagnostics: list[Diagnostic]) 
                     ("consolidate_into",),
                     f"rule {target.id!r} has no card of its own to consolidate into",
                 )
-            elif _INDICATOR_RANK[target.indicator] < _INDICATOR_RANK[rule.indicator]:
+            elif INDICATOR_ORDER[target.indicator] < INDICATOR_ORDER[rule.indicator]:
                 report(
                     rule, ("consolidate_into",), f"rule {target.id!r} has a lower indicator than this rule"
                 )
-        for index, target_id in enumerate(rule.suppresses):
+        for index, (target_id, at) in enumerate(rule.suppresses):
             target = rules.get(target_id)
+            level = max(INDICATOR_ORDER[rule.indicator], INDICATOR_ORDER[at])
             if target is None:
                 report(
                     rule, ("suppresses", index), f"unknown rule {target_id!r}", did_you_mean(target_id, rules)
                 )
             elif target_id == rule.id:
                 report(rule, ("suppresses", index), "a rule cannot suppress itself")
-            elif (
-                target.category == "red-flag"
-                and _INDICATOR_RANK[target.indicator] > _INDICATOR_RANK[rule.indicator]
-            ):
+            elif target.category == "red-flag" and INDICATOR_ORDER[target.indicator] > level:
                 # Clinical safety: a red flag may only give way to a card at least as urgent.
+                shown = next(name for name, rank in INDICATOR_ORDER.items() if rank == level)
                 report(
                     rule,
                     ("suppresses", index),
-                    f"{rule.indicator} rule cannot suppress the {target.indicator} red flag {target_id!r}",
+                    f"{shown} rule cannot suppress the {target.indicator} red flag {target_id!r}",
                 )
         for ref in rule.rule_refs:
             if ref not in rules:
                 report(rule, ("when",), f"unknown rule {ref!r}", did_you_mean(ref, rules))
-    _find_cycles(rules, "suppresses", lambda r: r.suppresses, diagnostics)
+    _find_cycles(rules, "suppresses", lambda r: [t for t, _ in r.suppresses], diagnostics)
     _find_cycles(rules, "when", lambda r: r.rule_refs, diagnostics)
 
 
@@ -423,7 +240,7 @@ def load_ruleset(directory: Path) -> RuleSet:
     Raises:
         RuleSetError: with every problem found in every file, each located at a line and column.
     """
-    loader = _Loader(directory)
+    loader = Loader(directory)
     if not directory.is_dir():
         raise RuleSetError([Diagnostic(str(directory), 1, 1, "the rules directory does not exist")])
     terminology = loader.terminology()
@@ -434,7 +251,7 @@ def load_ruleset(directory: Path) -> RuleSet:
     for path in sorted(directory.glob("*.yaml")):
         if path.name == "terminology.yaml":
             continue
-        rule = loader.rule(path, valuesets, terminology)
+        rule = _compile_rule(loader, path, valuesets, terminology)
         if rule is None:
             continue
         if rule.id in compiled:
@@ -457,13 +274,15 @@ def load_ruleset(directory: Path) -> RuleSet:
     if any(d.severity == "error" for d in loader.diagnostics):
         raise RuleSetError(loader.diagnostics)
     assert context is not None
-    ordered = sorted(compiled.values(), key=lambda r: (-_INDICATOR_RANK[r.indicator], r.id))
+    ordered = sorted(compiled.values(), key=lambda r: (-INDICATOR_ORDER[r.max_indicator], r.id))
     digest = hashlib.sha256(
         "".join(f"{k}:{v}\n" for k, v in sorted(loader.hashes.items())).encode()
     ).hexdigest()
-    relevant = _relevant_codes(ordered, valuesets, context)
     texts = [vs.text.pattern for vs in valuesets.values() if vs.text is not None]
-    builder = RecordBuilder(relevant, re.compile("|".join(texts), re.IGNORECASE) if texts else None)
+    builder = RecordBuilder(
+        _relevant_codes(ordered, valuesets, context),
+        re.compile("|".join(texts), re.IGNORECASE) if texts else None,
+    )
     ruleset = RuleSet(
         tuple(ordered),
         {r.id: r for r in ordered},
@@ -486,5 +305,7 @@ def _relevant_codes(
         for name in rule.reads | rule.reads_medications | rule.reads_orders:
             keys |= valuesets[name].keys
         if rule.card is not None:
-            keys.update(s.code for s in rule.card.suggestions)
+            keys.update(s.order.code for s in rule.card.suggestions if s.order is not None)
+        for targets in rule.replacements.values():
+            keys.update(order.code for order in targets.values())
     return frozenset(keys)

@@ -60,11 +60,18 @@ class ValueSetEntry(Strict):
     body_site: CodeRef | None = None  # the finding counts only with this bodySite
 
 
+FindingResource = Literal["Observation", "Condition", "Procedure"]
+_FINDING_RESOURCES: tuple[FindingResource, ...] = ("Observation", "Condition")
+
+
 class ValueSetFile(Strict):
     valueset: Name
     title: str
     description: str | None = None
     knowledge_base: str | None = None  # the knowledge base's name for it, e.g. VS-SPHINCTER
+    # Where EHRs record these codes; the prefetch queries each resource type for them (LOINC codes only
+    # ever code Observations).
+    resources: list[FindingResource] = Field(default_factory=lambda: list(_FINDING_RESOURCES), min_length=1)
     codes: list[CodeRef | ValueSetEntry] = Field(default_factory=list)
     # Case-insensitive regular expressions matched against CodeableConcept.text and Coding.display, for
     # EHRs that record a finding only as text.
@@ -96,6 +103,11 @@ class FindingQuery(Strict):
     laterality: Literal["bilateral", "unilateral", "left", "right"] | None = None
     interpretation: list[CodeRef] | None = None  # e.g. v3-interpretation:W (worse)
     resource: Literal["Observation", "Condition", "Procedure"] | None = None
+    older_than: Duration | None = None  # began more than this long ago and is still current
+    within_episode: bool = False  # recorded during the current low back pain episode
+    value: Name | None = None  # the Observation's coded value is in this value set
+    min_records: int | None = Field(default=None, ge=2)  # at least this many matching records
+    spread: Duration | None = None  # ... whose dates lie more than this far apart
 
 
 class QuantityQuery(Strict):
@@ -110,6 +122,7 @@ class QuantityQuery(Strict):
     above_range: bool = False  # above referenceRange.high or flagged H/HH; gt/gte only when no range
     within: Duration | None = None
     plausible: Annotated[tuple[float, float], AsTuple] | None = None  # values outside are ignored (and noted)
+    within_episode: bool = False  # measured during the current low back pain episode
 
     @model_validator(mode="after")
     def _bounded(self) -> QuantityQuery:
@@ -165,6 +178,24 @@ class OrderQuery(Strict):
     valueset: Name
     status: list[OrderStatus] = Field(default_factory=lambda: list(_DONE_OR_PENDING))
     within: Duration | None = None
+    within_episode: bool = False
+
+
+class RedFlagsQuery(Strict):
+    """Some red-flag rule (other than this one) holds at this indicator or above, before precedence."""
+
+    min_indicator: IndicatorName = "warning"
+
+
+class WeightLossQuery(Strict):
+    """A fall in body weight: the latest weight (within ``recent``) against an earlier one taken between
+    ``min_gap`` and ``max_gap`` before it (knowledge base R07)."""
+
+    valueset: Name
+    percent: float = Field(gt=0, lt=100)
+    min_gap: Duration = "30d"
+    max_gap: Duration = "365d"
+    recent: Duration = "90d"
 
 
 class AtLeast(Strict):
@@ -182,6 +213,9 @@ class Condition(Strict):
     finding: FindingQuery | None = None
     quantity: QuantityQuery | None = None
     age: AgeQuery | None = None
+    age_at_onset: AgeQuery | None = None  # age when the current pain episode began
+    red_flags: RedFlagsQuery | None = None
+    weight_loss: WeightLossQuery | None = None
     gender: Literal["female", "male", "other", "unknown"] | None = None
     episode: EpisodeQuery | None = None
     medication: MedicationQuery | None = None
@@ -199,13 +233,51 @@ class Condition(Strict):
 
 
 class SuggestionSpec(Strict):
-    """A test or referral, offered as an action creating a draft ServiceRequest."""
+    """A test or referral (an action creating a draft ServiceRequest), or the removal of draft orders."""
 
     label: Annotated[str, StringConstraints(min_length=3, max_length=120)]
-    order: CodeRef
-    priority: Priority
+    order: CodeRef | None = None
+    remove_draft: Name | None = None  # delete the hook's draft orders coded from this value set
+    priority: Priority = "routine"
     recommended: bool = True
     window: Duration = "6w"  # not suggested again when already active/done within this window
+    only_if: Condition | None = None  # offered only when this holds
+    min_indicator: IndicatorName | None = None  # offered only when the card is at least this urgent
+
+    @model_validator(mode="after")
+    def _one_action(self) -> SuggestionSpec:
+        if (self.order is None) == (self.remove_draft is None):
+            raise ValueError("a suggestion needs exactly one of: order, remove_draft")
+        return self
+
+
+class NoteSpec(Strict):
+    """A paragraph added to the card's detail when its condition holds."""
+
+    when: Condition
+    text: Annotated[str, StringConstraints(min_length=10)]
+
+
+class Escalation(Strict):
+    """A higher indicator (and optionally another summary) when a condition holds."""
+
+    indicator: IndicatorName
+    when: Condition
+    summary: Annotated[str, StringConstraints(min_length=10, max_length=139)] | None = None
+
+
+class SuppressEntry(Strict):
+    """Suppress a rule only when this rule's effective indicator reaches ``at``."""
+
+    rule: Name
+    at: IndicatorName
+
+
+class Modifier(Strict):
+    """While this rule fires, every co-firing card's orders are swapped (e.g. no ionising radiation or
+    gadolinium in pregnancy)."""
+
+    replace: dict[CodeRef, CodeRef] = Field(min_length=1)
 
 
 class LinkSpec(Strict):
@@ -227,6 +299,7 @@ class CardSpec(Strict):
     reason: CodeRef | None = None  # what the orders are for: first reasonCode of every suggestion
     suggestions: list[SuggestionSpec] = Field(default_factory=list)
     selection: Literal["any", "at-most-one"] = "any"
+    notes: list[NoteSpec] = Field(default_factory=list)
 
 
 class References(Strict):
@@ -307,6 +380,8 @@ class Expectation(Strict):
     ] = Field(default_factory=list)
     absent_suggestions: list[CodeRef] = Field(default_factory=list)
     suppressed_by: Name | None = None
+    rating: Literal["appropriate", "not-appropriate", "no-criteria-apply", "none"] | None = None
+    removes_draft: bool | None = None
     summary_contains: str | None = None
     detail_contains: list[str] = Field(default_factory=list)
     cards: int | None = Field(default=None, ge=0)  # cards in the whole response
@@ -332,7 +407,10 @@ class RuleFile(Strict):
     when: Condition
     card: CardSpec | None = None
     consolidate_into: Name | None = None  # show this rule's evidence on that rule's card
-    suppresses: list[Name] = Field(default_factory=list)
+    escalate: list[Escalation] = Field(default_factory=list)
+    suppresses: list[Name | SuppressEntry] = Field(default_factory=list)
+    modifies: Modifier | None = None
+    pama_rating: Name | None = None  # rate the hook's draft orders from this value set (Argonaut PAMA)
     references: References
     tests: list[TestCase] = Field(min_length=2)
 
@@ -345,6 +423,9 @@ class RuleFile(Strict):
 
 Condition.model_rebuild()
 AtLeast.model_rebuild()
+SuggestionSpec.model_rebuild()
+NoteSpec.model_rebuild()
+Escalation.model_rebuild()
 
 ALL_KEYS: frozenset[str] = frozenset(
     (field.alias or name)
@@ -357,9 +438,15 @@ ALL_KEYS: frozenset[str] = frozenset(
         EpisodeQuery,
         MedicationQuery,
         OrderQuery,
+        RedFlagsQuery,
+        WeightLossQuery,
         AtLeast,
         Condition,
         SuggestionSpec,
+        NoteSpec,
+        Escalation,
+        SuppressEntry,
+        Modifier,
         LinkSpec,
         SourceSpec,
         CardSpec,

@@ -18,7 +18,7 @@ import orjson
 from cds_hooks.fhirtime import parse_fhir_datetime
 from cds_hooks.request import parse_hook_request
 from cds_hooks.response import Card
-from rules.engine.conditions import parse_duration
+from rules.engine.context import parse_duration
 from rules.engine.evaluate import Evaluation, evaluate
 from rules.engine.ruleset import CompiledRule, RuleSet
 from rules.engine.schema import RecordSpec, TestCase

@@ -59,6 +59,7 @@ class ValueSet:
     codes: frozenset[CodeKey]
     sited: dict[CodeKey, frozenset[CodeKey]] = field(default_factory=dict)
     text: re.Pattern[str] | None = None
+    resources: frozenset[str] = frozenset({"Observation", "Condition"})
 
     @property
     def keys(self) -> frozenset[CodeKey]:

@@ -38,6 +38,8 @@ _SCALED: dict[str, tuple[str, float]] = {
     "1": ("score", 1.0),
 }
 
+_UNITLESS = frozenset({"{score}", "1"})
+
 _SPELLINGS = {
     "°C": "Cel",
     "degC": "Cel",
@@ -66,7 +68,12 @@ def canonical_unit(unit: str | None) -> str | None:
 
 
 def convert(value: float, unit: str | None, target: str) -> float | None:
-    """Convert ``value`` from ``unit`` to ``target``; None when either is unknown or they do not match."""
+    """Convert ``value`` from ``unit`` to ``target``; None when either is unknown or they do not match.
+
+    A score (``{score}`` or ``1``) also accepts a value without a unit, such as an Observation.valueInteger.
+    """
+    if target in _UNITLESS and (unit is None or unit.strip() in _UNITLESS or not unit.strip()):
+        return value
     source = canonical_unit(unit)
     if source is None:
         return None

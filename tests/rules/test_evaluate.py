@@ -119,4 +119,4 @@ def test_card_detail_escapes_markdown_from_the_record(ruleset: RuleSet) -> None:
     evaluation = evaluate(ruleset, _request([builders.patient(), lbp, obs]), NOW)
     detail = evaluation.cards[0].detail or ""
     assert "[click](http" not in detail
-    assert r"\[click\]\(http://evil.example\) \*now\*" in detail
+    assert r"\[click\](http://evil.example) \*now\*" in detail

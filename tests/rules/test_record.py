@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cds_hooks.request import parse_hook_request
-from rules.engine.record import PatientRecord, RecordBuilder
+from rules.engine.normalise import RecordBuilder
+from rules.engine.record import PatientRecord
 from rules.engine.ruleset import RuleSet
 from tests.support import builders
 

@@ -1,0 +1,294 @@
+"""Reading and compiling the catalogue's files; every problem becomes a located diagnostic."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from cds_hooks.response import Link, Source
+from rules.engine import schema
+from rules.engine.cards import CardTemplate, OrderTemplate, SuggestionTemplate, build_service_request
+from rules.engine.conditions import compile_condition
+from rules.engine.context import Check, CompileEnv, DataPath, parse_duration
+from rules.engine.diagnostics import Diagnostic, did_you_mean
+from rules.engine.source import SourceDocument, read_yaml
+from rules.engine.terminology import CodeKey, Terminology, ValueSet
+
+PRIORITIES = ("stat", "asap", "urgent", "routine")
+
+
+@dataclass(frozen=True)
+class CompiledEscalation:
+    indicator: str
+    when: Check
+    summary: str | None
+
+
+class Loader:
+    """Collects diagnostics while reading one catalogue folder."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.diagnostics: list[Diagnostic] = []
+        self.hashes: dict[str, str] = {}
+        self._orders: dict[tuple[CodeKey, str], OrderTemplate] = {}
+
+    def display(self, path: Path) -> str:
+        try:
+            return str(path.relative_to(Path.cwd()))
+        except ValueError:
+            return str(path)
+
+    def read(self, path: Path) -> SourceDocument | None:
+        self.hashes[self.display(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
+        document, problems = read_yaml(path, self.display(path))
+        self.diagnostics.extend(problems)
+        return document
+
+    def validate(self, model: type[Any], document: SourceDocument | None) -> Any | None:
+        if document is None:
+            return None
+        try:
+            return model.model_validate(document.data)
+        except ValidationError as exc:
+            for error in exc.errors(include_url=False):
+                self.diagnostics.append(schema_diagnostic(document, error))
+            return None
+
+    def resolve(
+        self, ref: str, document: SourceDocument, where: DataPath, terminology: Terminology
+    ) -> CodeKey | None:
+        key, problem = terminology.resolve(ref)
+        if key is None:
+            self.diagnostics.append(
+                document.diagnostic(
+                    where,
+                    problem or "unknown code",
+                    did_you_mean(ref, terminology.codes_of(ref)),
+                    at_value=True,
+                )
+            )
+        return key
+
+    def order(self, key: CodeKey, priority: str, terminology: Terminology) -> OrderTemplate:
+        """The validated ServiceRequest template for an order at a priority, built once per catalogue."""
+        found = self._orders.get((key, priority))
+        if found is None:
+            display = terminology.display(key)
+            found = OrderTemplate(key, display, priority, build_service_request(key, display, priority))
+            self._orders[(key, priority)] = found
+        return found
+
+    # ---- terminology and value sets -----------------------------------------------------------------
+
+    def terminology(self) -> Terminology | None:
+        path = self.directory / "terminology.yaml"
+        if not path.is_file():
+            self.diagnostics.append(Diagnostic(self.display(path), 1, 1, "missing terminology.yaml"))
+            return None
+        document = self.read(path)
+        parsed = self.validate(schema.TerminologyFile, document)
+        if parsed is None or document is None:
+            return None
+        displays: dict[CodeKey, str] = {}
+        for alias, codes in parsed.codes.items():
+            system = parsed.systems.get(alias)
+            if system is None:
+                self.diagnostics.append(
+                    document.diagnostic(
+                        ("codes", alias),
+                        f"unknown code system {alias!r}",
+                        did_you_mean(alias, parsed.systems),
+                    )
+                )
+                continue
+            for code, display in codes.items():
+                displays[(system, code)] = display
+        return Terminology(dict(parsed.systems), displays)
+
+    def valuesets(self, terminology: Terminology) -> dict[str, ValueSet]:
+        found: dict[str, ValueSet] = {}
+        for path in sorted((self.directory / "valuesets").glob("*.yaml")):
+            document = self.read(path)
+            parsed = self.validate(schema.ValueSetFile, document)
+            if parsed is None or document is None:
+                continue
+            if parsed.valueset != path.stem:
+                self.diagnostics.append(
+                    document.diagnostic(
+                        ("valueset",),
+                        f"value set name {parsed.valueset!r} differs from the file name {path.stem!r}",
+                    )
+                )
+            found[parsed.valueset] = self._valueset(parsed, document, terminology)
+        return found
+
+    def _valueset(
+        self, parsed: schema.ValueSetFile, document: SourceDocument, terminology: Terminology
+    ) -> ValueSet:
+        codes: set[CodeKey] = set()
+        sited: dict[CodeKey, set[CodeKey]] = {}
+        for index, entry in enumerate(parsed.codes):
+            ref, site = (entry, None) if isinstance(entry, str) else (entry.code, entry.body_site)
+            where: DataPath = ("codes", index) if isinstance(entry, str) else ("codes", index, "code")
+            key = self.resolve(ref, document, where, terminology)
+            site_key = (
+                self.resolve(site, document, ("codes", index, "body_site"), terminology) if site else None
+            )
+            if key is None:
+                continue
+            if site is None:
+                codes.add(key)
+            elif site_key is not None:
+                sited.setdefault(key, set()).add(site_key)
+        pattern = None
+        if parsed.text:
+            try:
+                pattern = re.compile("|".join(f"(?:{p})" for p in parsed.text), re.IGNORECASE)
+            except re.error as exc:
+                self.diagnostics.append(document.diagnostic(("text",), f"invalid regular expression: {exc}"))
+        return ValueSet(
+            parsed.valueset,
+            parsed.title,
+            frozenset(codes),
+            {k: frozenset(v) for k, v in sited.items()},
+            pattern,
+            frozenset(parsed.resources),
+        )
+
+    # ---- rule parts ---------------------------------------------------------------------------------
+
+    def card(self, parsed: schema.RuleFile, document: SourceDocument, env: CompileEnv) -> CardTemplate:
+        spec = parsed.card
+        assert spec is not None
+        terminology = env.terminology
+        reason = None
+        if spec.reason:
+            key = self.resolve(spec.reason, document, ("card", "reason"), terminology)
+            reason = (key, terminology.display(key)) if key else None
+        suggestions = []
+        codes: list[CodeKey] = []
+        for index, item in enumerate(spec.suggestions):
+            where: DataPath = ("card", "suggestions", index)
+            only_if = compile_condition(item.only_if, (*where, "only_if"), env) if item.only_if else None
+            make = partial(
+                SuggestionTemplate,
+                item.label,
+                item.recommended,
+                parse_duration(item.window),
+                only_if=only_if,
+                min_indicator=item.min_indicator,
+            )
+            if item.remove_draft is not None:
+                vs = env.valueset(item.remove_draft, (*where, "remove_draft"))
+                env.reads_orders.add(item.remove_draft)
+                if vs is not None:
+                    suggestions.append(make(remove_draft=vs))
+                continue
+            assert item.order is not None
+            key = self.resolve(item.order, document, (*where, "order"), terminology)
+            if key is None:
+                continue
+            codes.append(key)
+            try:
+                suggestions.append(make(order=self.order(key, item.priority, terminology)))
+            except ValueError as exc:
+                self.diagnostics.append(document.diagnostic(where, str(exc)))
+        if len(codes) != len(set(codes)) and not any(s.only_if or s.min_indicator for s in suggestions):
+            self.diagnostics.append(
+                document.diagnostic(("card", "suggestions"), "the same order is suggested twice")
+            )
+        notes = tuple(
+            (compile_condition(n.when, ("card", "notes", i, "when"), env), n.text)
+            for i, n in enumerate(spec.notes)
+        )
+        return CardTemplate(
+            parsed.id,
+            parsed.title,
+            parsed.indicator,
+            spec.summary,
+            spec.detail,
+            Source(label=spec.source.label, url=spec.source.url),
+            tuple(Link(label=link.label, url=link.url) for link in spec.links),
+            reason,
+            tuple(suggestions),
+            spec.selection,
+            notes,
+        )
+
+    def replacements(
+        self, parsed: schema.RuleFile, document: SourceDocument, terminology: Terminology
+    ) -> dict[CodeKey, dict[str, OrderTemplate]]:
+        out: dict[CodeKey, dict[str, OrderTemplate]] = {}
+        if parsed.modifies is None:
+            return out
+        for source_ref, target_ref in parsed.modifies.replace.items():
+            source = self.resolve(source_ref, document, ("modifies", "replace", source_ref), terminology)
+            target = self.resolve(target_ref, document, ("modifies", "replace", source_ref), terminology)
+            if source is not None and target is not None:
+                out[source] = {p: self.order(target, p, terminology) for p in PRIORITIES}
+        return out
+
+    def check_test_codes(
+        self, case: schema.TestCase, document: SourceDocument, where: DataPath, terminology: Terminology
+    ) -> None:
+        """Test records may use any code (to prove a wrong one stays silent) but only known systems."""
+        for group in ("records", "draft_orders"):
+            for index, record in enumerate(getattr(case, group)):
+                kind = record.kind()
+                refs = [kind[1]] if kind else []
+                refs += list(record.body_site) + list(record.interpretation)
+                if isinstance(record.value, str):
+                    refs.append(record.value)
+                for ref in refs:
+                    if terminology.split(ref)[0] is None:
+                        self.diagnostics.append(
+                            document.diagnostic(
+                                (*where, group, index),
+                                f"unknown code system in {ref!r}",
+                                did_you_mean(ref.partition(":")[0], terminology.systems),
+                            )
+                        )
+
+
+def schema_diagnostic(document: SourceDocument, error: Any) -> Diagnostic:
+    """A pydantic error as a located, readable diagnostic."""
+    loc = tuple(error["loc"])
+    kind = error["type"]
+    message = str(error["msg"])
+    help = None
+    # pydantic adds union member names (e.g. 'str', 'ValueSetEntry') to locations; drop them.
+    clean = tuple(part for part in loc if isinstance(part, int) or not _is_type_tag(part))
+    name = next((str(part) for part in reversed(clean) if isinstance(part, str)), "value")
+    at_value = True
+    if kind == "extra_forbidden":
+        message = f"unknown key {name!r}"
+        help = did_you_mean(name, schema.ALL_KEYS)
+        at_value = False
+    elif kind == "missing":
+        message = f"missing required key {name!r}"
+        clean = clean[:-1]
+        at_value = False
+    elif kind == "value_error":
+        message = message.removeprefix("Value error, ")
+        at_value = False
+    else:
+        given = error.get("input")
+        short = isinstance(given, str | int | float | bool) and len(repr(given)) < 80
+        shown = f" (got {given!r})" if short else ""
+        message = f"{name}: {message[0].lower()}{message[1:]}{shown}"
+    return document.diagnostic(clean, message, help, at_value=at_value)
+
+
+def _is_type_tag(part: str) -> bool:
+    if part.startswith(("constrained-", "function-")):
+        return True
+    if part in ("str", "bool", "int", "float", "list[str]", "tuple[float, str]", "is-instance[str]"):
+        return True
+    return part[:1].isupper() and part not in schema.ALL_KEYS

@@ -1,0 +1,285 @@
+"""Normalising FHIR resources into facts, by the conventions of the knowledge base, Part B.
+
+- B1 status: Observations count when final, amended, corrected or preliminary; Conditions that are
+  refuted or entered-in-error are dropped; a Condition is *current* when its clinicalStatus is active,
+  recurrence or relapse (or absent); Procedures not done or entered in error are dropped.
+- B2 presence: valueBoolean, the SNOMED CT Yes/No/Negative concepts, or no value with a non-negative
+  interpretation; an Observation with a dataAbsentReason is ignored; a Condition is always present.
+- B3 time: Observation effective[x] else issued; Condition onset[x] else recordedDate.
+- B6a body site and laterality: bodySite codes, and laterality from a 272741003 component or from
+  qualifier codings on the body site.
+
+Only resources carrying a code the rule set reads (or text matching a value set's pattern) become facts.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from cds_hooks.fhirtime import FhirInstantRange, parse_fhir_datetime
+from cds_hooks.resources import (
+    CodeableConcept,
+    Condition,
+    DiagnosticReport,
+    MedicationStatement,
+    Observation,
+    Procedure,
+    ServiceRequest,
+)
+from rules.engine.facts import INTERPRETATION, SNOMED, Fact, MedicationFact, OrderFact
+from rules.engine.terminology import CodeKey
+
+_YES = (SNOMED, "373066001")
+_NO = frozenset({(SNOMED, "373067005"), (SNOMED, "260385009")})
+_NEGATIVE_INTERPRETATION = frozenset({(INTERPRETATION, "NEG"), (INTERPRETATION, "ND"), *_NO})
+_LATERALITY_ATTRIBUTE = (SNOMED, "272741003")
+_SIDES: dict[CodeKey, frozenset[str]] = {
+    (SNOMED, "24028007"): frozenset({"right"}),
+    (SNOMED, "7771000"): frozenset({"left"}),
+    (SNOMED, "51440002"): frozenset({"right", "left"}),
+}
+_OBSERVATION_COUNTS = frozenset({"final", "amended", "corrected", "preliminary"})
+_CONDITION_CURRENT = frozenset({"active", "recurrence", "relapse"})
+_CONDITION_DROPPED = frozenset({"entered-in-error", "refuted"})
+_PROCEDURE_DROPPED = frozenset({"entered-in-error", "not-done", "preparation"})
+_REPORT_DONE = frozenset({"final", "amended", "corrected", "appended", "preliminary", "partial"})
+TEXT_ONLY: CodeKey = ("urn:lumbar-cds:text", "text")
+
+
+@dataclass(frozen=True)
+class RecordBuilder:
+    """What the rule set reads: only resources with these codes (or matching text) become facts."""
+
+    relevant: frozenset[CodeKey]
+    text_pattern: re.Pattern[str] | None = None
+
+    def match(self, keys: tuple[CodeKey, ...], text: str) -> tuple[CodeKey, ...] | None:
+        """The relevant codes of a resource; its codes (or a text marker) when only its text matches."""
+        matched = tuple(key for key in keys if key in self.relevant)
+        if matched:
+            return matched
+        if self.text_pattern is not None and text and self.text_pattern.search(text):
+            return keys or (TEXT_ONLY,)
+        return None
+
+
+def keys_of(concept: CodeableConcept | None) -> tuple[CodeKey, ...]:
+    if concept is None:
+        return ()
+    return tuple((c.system, c.code) for c in concept.coding if c.system and c.code)
+
+
+def _text(concept: CodeableConcept | None) -> str:
+    if concept is None:
+        return ""
+    return " ".join(p for p in [concept.text or "", *(c.display or "" for c in concept.coding)] if p)
+
+
+def _display(concept: CodeableConcept | None) -> str:
+    if concept is None:
+        return "(uncoded)"
+    return next((c.display for c in concept.coding if c.display), None) or concept.text or "(uncoded)"
+
+
+def _range(text: str | None) -> FhirInstantRange | None:
+    return parse_fhir_datetime(text) if text else None
+
+
+def _status(concept: CodeableConcept | None) -> str | None:
+    return next((c.code for c in concept.coding if c.code), None) if concept is not None else None
+
+
+def reference(resource: Any) -> str:
+    rtype = resource.resource_type
+    return f"{rtype}/{resource.id}" if resource.id else f"{rtype} (no id)"
+
+
+def _sites(
+    concepts: CodeableConcept | Iterable[CodeableConcept] | None,
+) -> tuple[frozenset[CodeKey], frozenset[str]]:
+    if concepts is None:
+        return frozenset(), frozenset()
+    items = [concepts] if isinstance(concepts, CodeableConcept) else list(concepts)
+    keys = [key for concept in items for key in keys_of(concept)]
+    sides: frozenset[str] = frozenset()
+    for key in keys:
+        sides |= _SIDES.get(key, frozenset())
+    return frozenset(keys), sides
+
+
+def _present(obs: Observation, interpretation: frozenset[CodeKey]) -> bool:
+    if obs.value_boolean is not None:
+        return obs.value_boolean
+    if obs.value_codeable_concept is not None:
+        values = set(keys_of(obs.value_codeable_concept))
+        if values & _NO:
+            return False
+        if _YES in values:
+            return True
+    return not (interpretation & _NEGATIVE_INTERPRETATION)
+
+
+def observation_fact(obs: Observation, builder: RecordBuilder) -> Fact | None:
+    text = _text(obs.code)
+    codes = builder.match(keys_of(obs.code), text)
+    if codes is None or obs.status not in _OBSERVATION_COUNTS or obs.data_absent_reason is not None:
+        return None
+    interpretation = frozenset(k for concept in obs.interpretation for k in keys_of(concept))
+    period = obs.effective_period
+    if period is not None and period.start is not None:
+        onset_text: str | None = period.start
+        last_text: str | None = period.end or period.start
+    else:
+        onset_text = obs.effective_date_time or obs.effective_instant or obs.issued
+        last_text = onset_text
+    last = _range(last_text)
+    sites, sides = _sites(obs.body_site)
+    for component in obs.component:
+        if _LATERALITY_ATTRIBUTE in keys_of(component.code):
+            for key in keys_of(component.value_codeable_concept):
+                sides |= _SIDES.get(key, frozenset())
+    quantity: tuple[float, str | None] | None = None
+    q = obs.value_quantity
+    if q is not None and q.value is not None:
+        quantity = (q.value, q.code if q.code else q.unit)
+    elif obs.value_integer is not None:
+        quantity = (float(obs.value_integer), None)
+    high: tuple[float, str | None] | None = None
+    for rr in obs.reference_range:
+        if rr.high is not None and rr.high.value is not None:
+            high = (rr.high.value, rr.high.code or rr.high.unit)
+            break
+    return Fact(
+        "Observation",
+        reference(obs),
+        codes,
+        text,
+        _present(obs, interpretation),
+        True,
+        _range(onset_text),
+        last.end if last else None,
+        onset_text,
+        obs.code.text or _display(obs.code),
+        sites,
+        sides,
+        interpretation,
+        frozenset(keys_of(obs.value_codeable_concept)),
+        quantity,
+        high,
+    )
+
+
+def condition_fact(cond: Condition, builder: RecordBuilder) -> Fact | None:
+    text = _text(cond.code)
+    codes = builder.match(keys_of(cond.code), text)
+    if codes is None or _status(cond.verification_status) in _CONDITION_DROPPED:
+        return None
+    clinical = _status(cond.clinical_status)
+    onset_text = cond.onset_date_time or (cond.onset_period.start if cond.onset_period else None)
+    onset_text = onset_text or cond.recorded_date
+    onset = _range(onset_text)
+    recorded = _range(cond.recorded_date)
+    ends = [r.end for r in (onset, recorded) if r is not None]
+    sites, sides = _sites(cond.body_site)
+    label = (cond.code.text if cond.code else None) or _display(cond.code)
+    current = clinical is None or clinical in _CONDITION_CURRENT
+    return Fact(
+        "Condition",
+        reference(cond),
+        codes,
+        text,
+        True,
+        current,
+        onset,
+        max(ends) if ends else None,
+        onset_text,
+        label,
+        sites,
+        sides,
+    )
+
+
+def procedure_fact(proc: Procedure, builder: RecordBuilder) -> Fact | None:
+    text = _text(proc.code)
+    codes = builder.match(keys_of(proc.code), text)
+    if codes is None or proc.status in _PROCEDURE_DROPPED:
+        return None
+    when = proc.performed_date_time or (proc.performed_period.start if proc.performed_period else None)
+    onset = _range(when)
+    return Fact(
+        "Procedure",
+        reference(proc),
+        codes,
+        text,
+        True,
+        True,
+        onset,
+        onset.end if onset else None,
+        when,
+        _display(proc.code),
+    )
+
+
+def medication_fact(med: MedicationStatement, builder: RecordBuilder) -> MedicationFact | None:
+    codes = builder.match(keys_of(med.medication_codeable_concept), "")
+    if codes is None or med.status is None:
+        return None
+    period = med.effective_period
+    start_text = period.start if period is not None else med.effective_date_time
+    start = _range(start_text)
+    end = _range(period.end) if period is not None else None
+    return MedicationFact(
+        reference(med),
+        codes,
+        _display(med.medication_codeable_concept),
+        med.status,
+        start.start if start else None,
+        end.end if end else None,
+        start_text,
+    )
+
+
+def request_order(
+    req: ServiceRequest, builder: RecordBuilder, raw: dict[str, Any] | None
+) -> OrderFact | None:
+    """A ServiceRequest; ``raw`` is given for the hook's draft orders (which are kept even when uncoded
+    for this rule set, since their reason may assert the low back pain context)."""
+    codes = builder.match(keys_of(req.code), "")
+    reasons = tuple(k for concept in req.reason_code for k in keys_of(concept))
+    draft = raw is not None
+    if codes is None and not draft:
+        return None
+    when_text = req.authored_on or req.occurrence_date_time
+    when = _range(when_text)
+    return OrderFact(
+        "ServiceRequest",
+        reference(req),
+        codes or (),
+        _display(req.code),
+        "draft" if draft else (req.status or "unknown"),
+        when.end if when else None,
+        when_text,
+        reasons,
+        raw,
+    )
+
+
+def report_order(rep: DiagnosticReport, builder: RecordBuilder) -> OrderFact | None:
+    codes = builder.match(keys_of(rep.code), "")
+    if codes is None or rep.status not in _REPORT_DONE:
+        return None
+    when_text = rep.effective_date_time or (rep.effective_period.start if rep.effective_period else None)
+    when_text = when_text or rep.issued
+    when = _range(when_text)
+    return OrderFact(
+        "DiagnosticReport",
+        reference(rep),
+        codes,
+        _display(rep.code),
+        "completed",
+        when.end if when else None,
+        when_text,
+    )
