@@ -13,6 +13,9 @@ from tests.support import builders
 from tests.support.fhir_server import FhirTestServer
 
 pytestmark = pytest.mark.e2e
+NO_IMAGING = ("info", "test-no-imaging-acute-uncomplicated")
+SELF_MANAGEMENT = ("info", "adv-self-management-nonspecific")
+STARTBACK = ("info", "test-startback-screening")
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
 
@@ -99,11 +102,11 @@ def test_paginated_results_are_followed(live: str, fhir: FhirTestServer) -> None
         (builders.lbp_patient_with_retention(), [("critical", "rf-ces-sphincter-disturbance")]),
         (
             builders.lbp_patient_with_retention(retention_status="entered-in-error"),
-            [("info", "adv-self-management-nonspecific"), ("info", "test-no-imaging-acute-uncomplicated")],
+            [NO_IMAGING, SELF_MANAGEMENT, STARTBACK],
         ),
         (
             builders.lbp_patient_with_retention(retention_when="2020-11-20T08:30:00Z"),
-            [("info", "adv-self-management-nonspecific"), ("info", "test-no-imaging-acute-uncomplicated")],
+            [NO_IMAGING, SELF_MANAGEMENT, STARTBACK],
         ),
     ],
     ids=["new retention", "retention entered in error", "retention 6 years ago"],

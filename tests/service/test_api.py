@@ -64,7 +64,15 @@ async def test_only_fhir_server_is_fetched_when_allowed(
     assert response.json()["cards"][0]["indicator"] == "critical"
     assert {
         r.path.rsplit("/", 1)[-1] if "Patient/" not in r.path else "Patient" for r in fhir_server.requests
-    } == {"Patient", "Condition", "Observation", "ServiceRequest", "DiagnosticReport"}
+    } == {
+        "Patient",
+        "Condition",
+        "Observation",
+        "Procedure",
+        "MedicationStatement",
+        "ServiceRequest",
+        "DiagnosticReport",
+    }
 
 
 async def test_neither_prefetch_nor_server_is_412(settings_factory: Any) -> None:

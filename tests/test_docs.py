@@ -1,0 +1,90 @@
+"""The documentation is checked against the code and the seeds, so it cannot drift."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from rules import BUNDLED_CATALOG
+from rules.engine.ruleset import load_ruleset
+
+ROOT = Path(__file__).resolve().parent.parent
+SEEDS = ROOT.parent / "shared" / "seeds"
+COVERAGE = (ROOT / "docs" / "clinical-coverage.md").read_text()
+RULE_ID = re.compile(r"`((?:rf|dx|test|ref|adv)-[a-z0-9-]+)`")
+
+
+def test_every_rule_named_in_the_coverage_exists_and_every_rule_is_named() -> None:
+    named = set(RULE_ID.findall(COVERAGE))
+    rules = set(load_ruleset(BUNDLED_CATALOG).by_id)
+    assert named - rules == set(), f"named but not in the catalogue: {sorted(named - rules)}"
+    assert rules - named == set(), f"rules the coverage page never mentions: {sorted(rules - named)}"
+
+
+def test_a_misspelt_rule_would_be_caught() -> None:
+    named = set(RULE_ID.findall(COVERAGE + " `rf-cauda-equina-typo` "))
+    assert "rf-cauda-equina-typo" in named - set(load_ruleset(BUNDLED_CATALOG).by_id)
+
+
+def _s0_items() -> list[str]:
+    text = (SEEDS / "000_0089514d2e7101f4.txt").read_text()
+    return sorted({line[2:].strip() for line in text.splitlines() if line.startswith("- ")})
+
+
+def _s4_headings() -> list[str]:
+    lines = (SEEDS / "004_54b9c50957179efe.txt").read_text().splitlines()
+    return sorted(
+        {
+            line.strip()
+            for line in lines
+            if line.strip()
+            and not line.strip().endswith((".", "?", "!", ":"))
+            and len(line.split()) <= 8
+            and not line.startswith(("Also Read", "Pain in the lower back:", "You May"))
+        }
+    )
+
+
+@pytest.mark.skipif(not SEEDS.is_dir(), reason="the seed documents are outside this checkout")
+def test_every_seed_item_is_mapped() -> None:
+    lowered = COVERAGE.lower()
+    missing = [item for item in _s0_items() + _s4_headings() if item.lower() not in lowered]
+    assert missing == [], f"seed items the coverage page does not map: {missing}"
+    assert len(_s0_items()) >= 40 and len(_s4_headings()) >= 30
+
+
+DATA_CONTRACT = (ROOT / "docs" / "data-contract.md").read_text()
+EXAMPLE = re.compile(r"<!-- example: (\S+) expect: (silent )?(\S+) -->\s*```json\n(.*?)```", re.S)
+EXAMPLES = EXAMPLE.findall(DATA_CONTRACT)
+
+
+def test_the_data_contract_has_examples() -> None:
+    assert len(EXAMPLES) >= 10
+
+
+@pytest.mark.parametrize(("name", "silent", "rule_id", "resources"), EXAMPLES, ids=[e[0] for e in EXAMPLES])
+def test_data_contract_example(name: str, silent: str, rule_id: str, resources: str) -> None:
+    import json
+    from datetime import UTC, datetime
+
+    from cds_hooks.request import parse_hook_request
+    from rules.engine.evaluate import evaluate
+
+    ruleset = load_ruleset(BUNDLED_CATALOG)
+    assert rule_id in ruleset.by_id
+    listed = json.loads(resources)
+    base = json.loads(EXAMPLES[0][3])  # the patient and the low back pain every example builds on
+    if name != EXAMPLES[0][0]:
+        listed = base + listed
+    body = {
+        "hook": "patient-view",
+        "hookInstance": "0b8f5d1e-1c2a-4b3c-9d4e-5f6a7b8c9d0e",
+        "context": {"patientId": "pat-1", "userId": "Practitioner/doc-1"},
+        "prefetch": {"all": {"resourceType": "Bundle", "entry": [{"resource": r} for r in listed]}},
+    }
+    evaluation = evaluate(
+        ruleset, parse_hook_request(json.dumps(body)), datetime(2026, 11, 21, 10, tzinfo=UTC)
+    )
+    assert (evaluation.verdicts[rule_id].status == "fired") is not bool(silent), evaluation.verdicts[rule_id]
