@@ -101,6 +101,7 @@ class SuggestionTemplate:
 @dataclass(frozen=True)
 class CardTemplate:
     rule_id: str
+    category: str
     title: str
     indicator: str
     summary: str
@@ -113,6 +114,16 @@ class CardTemplate:
     notes: tuple[tuple[Check, str], ...] = ()
 
 
+@dataclass(frozen=True)
+class PlannedOrder:
+    """An order a card will suggest for this request (possibly swapped by a modifier)."""
+
+    label: str
+    recommended: bool
+    order: OrderTemplate
+    window: timedelta
+
+
 @dataclass
 class CardPlan:
     """What one card shows for one request, decided by the evaluator."""
@@ -122,7 +133,7 @@ class CardPlan:
     summary: str
     rules: list[str]
     evidence: list[Evidence]
-    orders: list[tuple[SuggestionTemplate, OrderTemplate]] = field(default_factory=list)
+    orders: list[PlannedOrder] = field(default_factory=list)
     removals: list[tuple[SuggestionTemplate, list[OrderFact]]] = field(default_factory=list)
     already: list[tuple[OrderTemplate, OrderFact]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -185,7 +196,8 @@ def render_card(
         if e.reference and not e.reference.startswith("Patient/") and " " not in e.reference
     ]
     suggestions = []
-    for spec, order in plan.orders:
+    for planned in plan.orders:
+        order = planned.order
         resource = {**order.resource, "subject": {"reference": patient_reference}}
         if reasons:
             resource["reasonCode"] = reasons
@@ -196,9 +208,9 @@ def render_card(
         )
         suggestions.append(
             Suggestion(
-                label=spec.label,
+                label=planned.label,
                 uuid=_uuid(card_id, order.code[0], order.code[1]),
-                is_recommended=spec.recommended,
+                is_recommended=planned.recommended,
                 actions=(action,),
             )
         )
@@ -230,9 +242,16 @@ def render_card(
         suggestions=tuple(suggestions),
         selection_behavior=template.selection if suggestions else None,  # type: ignore[arg-type]
         override_reasons=override_reasons(plan.indicator),
-        links=template.links,
+        links=_links(template),
         extension={"lumbar-cds": {"rules": plan.rules, "rulesetVersion": ruleset_version}},
     )
+
+
+def _links(template: CardTemplate) -> tuple[Link, ...]:
+    """The card's guideline links, its source guideline first (every card links to its guideline)."""
+    if template.source.url is None or any(link.url == template.source.url for link in template.links):
+        return template.links
+    return (Link(label=template.source.label, url=template.source.url), *template.links)
 
 
 def _uuid(*parts: str) -> str:

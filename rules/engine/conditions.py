@@ -7,26 +7,63 @@ resolved here, so evaluating a request does no lookups by name and cannot meet a
 
 from __future__ import annotations
 
+from typing import Any
+
 from rules.engine import queries, schema
-from rules.engine.context import INDICATOR_ORDER, Check, CompileEnv, DataPath, EvalContext, parse_duration
+from rules.engine.context import (
+    INDICATOR_ORDER,
+    Check,
+    CompileEnv,
+    DataPath,
+    Description,
+    EvalContext,
+    parse_duration,
+)
 from rules.engine.facts import Evidence
 
 
 def compile_condition(node: schema.Condition, path: DataPath, env: CompileEnv) -> Check:
-    """Compile one condition node (and its children) into a closure."""
+    """Compile one condition node (and its children) into a closure, and record how it reads."""
+    check, text, children = _compile(node, path, env)
+    env.descriptions[check] = Description(text, tuple(children))
+    return check
+
+
+def _flow(value: Any) -> str:
+    """A compact, YAML-like rendering of a query, as the rule author wrote it."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_flow(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_flow(v) for v in value) + "]"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _leaf(node: schema.Condition) -> str:
+    data = node.model_dump(by_alias=True, exclude_unset=True, exclude_none=True)
+    return ", ".join(f"{key}: {_flow(value)}" for key, value in data.items())
+
+
+def _compile(node: schema.Condition, path: DataPath, env: CompileEnv) -> tuple[Check, str, list[Check]]:
     if node.all is not None:
-        return _all([compile_condition(c, (*path, "all", i), env) for i, c in enumerate(node.all)])
+        kids = [compile_condition(c, (*path, "all", i), env) for i, c in enumerate(node.all)]
+        return _all(kids), "all of", kids
     if node.any is not None:
-        return _any([compile_condition(c, (*path, "any", i), env) for i, c in enumerate(node.any)])
+        kids = [compile_condition(c, (*path, "any", i), env) for i, c in enumerate(node.any)]
+        return _any(kids), "any of", kids
     if node.not_ is not None:
-        return _not(compile_condition(node.not_, (*path, "not"), env))
+        kid = compile_condition(node.not_, (*path, "not"), env)
+        return _not(kid), "not", [kid]
     if node.at_least is not None:
         kids = [
             compile_condition(c, (*path, "at_least", "of", i), env) for i, c in enumerate(node.at_least.of)
         ]
         if node.at_least.count > len(kids):
             env.report((*path, "at_least", "count"), "count is larger than the number of conditions", None)
-        return _at_least(node.at_least.count, kids)
+        return _at_least(node.at_least.count, kids), f"at least {node.at_least.count} of", kids
+    return _compile_leaf(node, path, env), _leaf(node), []
+
+
+def _compile_leaf(node: schema.Condition, path: DataPath, env: CompileEnv) -> Check:
     if node.finding is not None:
         return queries.finding(node.finding, (*path, "finding"), env)
     if node.quantity is not None:

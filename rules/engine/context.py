@@ -48,6 +48,7 @@ class EvalContext:
     notes: set[str] = field(default_factory=set)
     memo: dict[str, list[Evidence] | None] = field(default_factory=dict)
     indicators: dict[str, str | None] = field(default_factory=dict)
+    escalation_evidence: dict[str, list[Evidence]] = field(default_factory=dict)
     _episode: list[Episode | None] = field(default_factory=list)
 
     def resolve_episode(self) -> Episode | None:
@@ -55,6 +56,14 @@ class EvalContext:
         if not self._episode:
             self._episode.append(self.record.episode(self.context))
         return self._episode[0]
+
+
+@dataclass(frozen=True)
+class Description:
+    """How a compiled condition reads in the rule file, and its sub-conditions (for explanations)."""
+
+    text: str
+    children: tuple[Check, ...] = ()
 
 
 @dataclass
@@ -69,6 +78,7 @@ class CompileEnv:
     reads_orders: set[str] = field(default_factory=set)
     rule_refs: list[tuple[str, DataPath]] = field(default_factory=list)
     uses_red_flags: list[tuple[DataPath, str]] = field(default_factory=list)  # (where, min_indicator)
+    descriptions: dict[Check, Description] = field(default_factory=dict)  # for `lumbar explain`
 
     def valueset(self, name: str, path: DataPath) -> ValueSet | None:
         found = self.valuesets.get(name)

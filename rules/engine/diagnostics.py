@@ -32,6 +32,8 @@ class Diagnostic:
 def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
     """A ``did you mean 'x'?`` hint when a close match exists."""
     options = list(choices)
+    if word in options:
+        return f"{word!r} is a valid key, but not at this level: check the indentation"
     match = difflib.get_close_matches(word, options, n=1, cutoff=0.7)
     if not match and len(word) >= 4:
         match = sorted(o for o in options if o.startswith(word))[:1]  # a truncated name

@@ -26,7 +26,7 @@ from rules.engine.facts import Evidence
 from rules.engine.pama import RATING_BY_VERDICT, rating_action
 from rules.engine.record import PatientRecord
 from rules.engine.ruleset import CompiledRule, RuleSet
-from rules.engine.suggestions import Replacements, plan_suggestions
+from rules.engine.suggestions import plan_suggestions
 
 Status = Literal["fired", "silent", "suppressed", "error", "not-applicable", "no-context"]
 
@@ -78,14 +78,23 @@ def _resolver(ruleset: RuleSet) -> tuple[Any, Any]:
             if resolve(ctx, rule_id) is not None:
                 level = rule.indicator
                 for escalation in rule.escalations:
-                    if INDICATOR_ORDER[escalation.indicator] > INDICATOR_ORDER[level] and (
-                        escalation.when(ctx) is not None
-                    ):
+                    if INDICATOR_ORDER[escalation.indicator] <= INDICATOR_ORDER[level]:
+                        continue
+                    why = escalation.when(ctx)
+                    if why is not None:  # what made it more urgent is evidence on the card too
                         level = escalation.indicator
+                        ctx.escalation_evidence[rule_id] = why
             ctx.indicators[rule_id] = level
         return ctx.indicators[rule_id]
 
     return resolve, indicator
+
+
+def prepare(ruleset: RuleSet, request: HookRequest, now: datetime) -> EvalContext:
+    """The normalised record and a fresh evaluation context for ``request`` at ``now``."""
+    record = PatientRecord.from_request(request, ruleset.builder, now)
+    resolve, indicator = _resolver(ruleset)
+    return EvalContext(record, now, request.hook, ruleset.context, resolve, indicator, ruleset.red_flag_ids)
 
 
 def evaluate(ruleset: RuleSet, request: HookRequest, now: datetime) -> Evaluation:
@@ -99,13 +108,12 @@ def evaluate(ruleset: RuleSet, request: HookRequest, now: datetime) -> Evaluatio
     Returns:
         The cards and system actions to return, a verdict per rule, data-quality notes, per-rule errors.
     """
-    record = PatientRecord.from_request(request, ruleset.builder, now)
-    hook = request.hook
+    ctx = prepare(ruleset, request, now)
+    record, hook = ctx.record, ctx.hook
     if not record.has_context(ruleset.context):
         silent = {r.id: Verdict(r.id, "no-context") for r in ruleset.rules}
         return Evaluation((), silent, tuple(record.notes), has_context=False)
-    resolve, indicator = _resolver(ruleset)
-    ctx = EvalContext(record, now, hook, ruleset.context, resolve, indicator, ruleset.red_flag_ids)
+    resolve, indicator = ctx.resolve_rule, ctx.resolve_indicator
     results: dict[str, list[Evidence]] = {}
     levels: dict[str, str] = {}
     errors: dict[str, str] = {}
@@ -117,14 +125,15 @@ def evaluate(ruleset: RuleSet, request: HookRequest, now: datetime) -> Evaluatio
         try:
             found = resolve(ctx, rule.id)
             level = indicator(ctx, rule.id)
-        except Exception as exc:  # one rule's bug must not hide the other rules' cards
+        except Exception as exc:  # noqa: BLE001  # one rule's bug must not hide the other rules' cards
             errors[rule.id] = f"{type(exc).__name__}: {exc}"
             verdicts[rule.id] = Verdict(rule.id, "error", error=errors[rule.id])
             continue
         if found is None or level is None:
             verdicts[rule.id] = Verdict(rule.id, "silent")
         else:
-            results[rule.id], levels[rule.id] = found, level
+            results[rule.id] = found + ctx.escalation_evidence.get(rule.id, [])
+            levels[rule.id] = level
 
     suppressors = _suppressors(ruleset, levels, errors)
     groups: dict[str, list[tuple[CompiledRule, list[Evidence]]]] = defaultdict(list)
@@ -140,7 +149,10 @@ def evaluate(ruleset: RuleSet, request: HookRequest, now: datetime) -> Evaluatio
         groups[owner].append((rule, found))
 
     plans = _card_plans(ruleset, ctx, groups, levels)
-    plan_suggestions(plans, ctx, _replacements(ruleset, verdicts))
+    modifiers = [
+        r.modifier for r in ruleset.rules if r.modifier is not None and verdicts[r.id].status == "fired"
+    ]
+    plan_suggestions(plans, ctx, modifiers, ruleset.terminology)
     cards = [
         render_card(
             plan,
@@ -207,14 +219,6 @@ def _card_plans(
         plans.append(plan)
     plans.sort(key=lambda p: (-INDICATOR_ORDER[p.indicator], order[p.template.rule_id]))
     return plans
-
-
-def _replacements(ruleset: RuleSet, verdicts: dict[str, Verdict]) -> Replacements:
-    out: Replacements = {}
-    for rule in ruleset.rules:
-        if rule.replacements and verdicts[rule.id].status == "fired":
-            out.update(rule.replacements)
-    return out
 
 
 def _ratings(

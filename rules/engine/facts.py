@@ -62,6 +62,7 @@ class Fact:
     value_codes: frozenset[CodeKey] = frozenset()
     quantity: tuple[float, str | None] | None = None
     reference_high: tuple[float, str | None] | None = None
+    ongoing: bool = False  # an active Condition, or a Procedure in progress or with an open period
 
     def evidence(self, value: str | None = None, code: CodeKey | None = None) -> Evidence:
         shown = value if value is not None else ("present" if self.present else "absent")
@@ -77,6 +78,7 @@ class MedicationFact:
     start: datetime | None
     end: datetime | None
     date_text: str | None
+    text: str = ""
 
     def evidence(self) -> Evidence:
         return Evidence(self.label, self.status, self.date_text, self.reference, self.codes[0])

@@ -18,6 +18,7 @@ from rules.engine.conditions import compile_condition
 from rules.engine.context import Check, CompileEnv, DataPath, parse_duration
 from rules.engine.diagnostics import Diagnostic, did_you_mean
 from rules.engine.source import SourceDocument, read_yaml
+from rules.engine.suggestions import Modifier
 from rules.engine.terminology import CodeKey, Terminology, ValueSet
 
 PRIORITIES = ("stat", "asap", "urgent", "routine")
@@ -110,7 +111,16 @@ class Loader:
                 continue
             for code, display in codes.items():
                 displays[(system, code)] = display
-        return Terminology(dict(parsed.systems), displays)
+        terminology = Terminology(dict(parsed.systems), displays)
+        for index, group in enumerate(parsed.same_test):
+            keys = [
+                self.resolve(ref, document, ("same_test", index, i), terminology)
+                for i, ref in enumerate(group)
+            ]
+            members = frozenset(k for k in keys if k is not None)
+            for key in members:
+                terminology.equivalents[key] = members
+        return terminology
 
     def valuesets(self, terminology: Terminology) -> dict[str, ValueSet]:
         found: dict[str, ValueSet] = {}
@@ -210,6 +220,7 @@ class Loader:
         )
         return CardTemplate(
             parsed.id,
+            parsed.category,
             parsed.title,
             parsed.indicator,
             spec.summary,
@@ -222,18 +233,19 @@ class Loader:
             notes,
         )
 
-    def replacements(
+    def modifier(
         self, parsed: schema.RuleFile, document: SourceDocument, terminology: Terminology
-    ) -> dict[CodeKey, dict[str, OrderTemplate]]:
-        out: dict[CodeKey, dict[str, OrderTemplate]] = {}
-        if parsed.modifies is None:
-            return out
-        for source_ref, target_ref in parsed.modifies.replace.items():
+    ) -> Modifier | None:
+        spec = parsed.modifies
+        if spec is None:
+            return None
+        replace: dict[CodeKey, dict[str, OrderTemplate]] = {}
+        for source_ref, target_ref in spec.replace.items():
             source = self.resolve(source_ref, document, ("modifies", "replace", source_ref), terminology)
             target = self.resolve(target_ref, document, ("modifies", "replace", source_ref), terminology)
             if source is not None and target is not None:
-                out[source] = {p: self.order(target, p, terminology) for p in PRIORITIES}
-        return out
+                replace[source] = {p: self.order(target, p, terminology) for p in PRIORITIES}
+        return Modifier(parsed.id, spec.reason, spec.note.strip(), replace)
 
     def check_test_codes(
         self, case: schema.TestCase, document: SourceDocument, where: DataPath, terminology: Terminology
@@ -286,9 +298,15 @@ def schema_diagnostic(document: SourceDocument, error: Any) -> Diagnostic:
     return document.diagnostic(clean, message, help, at_value=at_value)
 
 
+_MODEL_NAMES = frozenset(
+    name
+    for name, value in vars(schema).items()
+    if isinstance(value, type) and issubclass(value, schema.Strict)
+)
+
+
 def _is_type_tag(part: str) -> bool:
-    if part.startswith(("constrained-", "function-")):
+    """Whether a location part is a pydantic union-member tag rather than a key of the file."""
+    if part in _MODEL_NAMES or part in ("str", "bool", "int", "float", "is-instance[str]"):
         return True
-    if part in ("str", "bool", "int", "float", "list[str]", "tuple[float, str]", "is-instance[str]"):
-        return True
-    return part[:1].isupper() and part not in schema.ALL_KEYS
+    return part.startswith(("constrained-", "function-", "list[", "tuple[", "dict[", "nullable["))

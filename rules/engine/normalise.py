@@ -186,6 +186,7 @@ def condition_fact(cond: Condition, builder: RecordBuilder) -> Fact | None:
     sites, sides = _sites(cond.body_site)
     label = (cond.code.text if cond.code else None) or _display(cond.code)
     current = clinical is None or clinical in _CONDITION_CURRENT
+    last = max(ends) if ends else None
     return Fact(
         "Condition",
         reference(cond),
@@ -194,11 +195,12 @@ def condition_fact(cond: Condition, builder: RecordBuilder) -> Fact | None:
         True,
         current,
         onset,
-        max(ends) if ends else None,
+        last,
         onset_text,
         label,
         sites,
         sides,
+        ongoing=current,
     )
 
 
@@ -207,8 +209,12 @@ def procedure_fact(proc: Procedure, builder: RecordBuilder) -> Fact | None:
     codes = builder.match(keys_of(proc.code), text)
     if codes is None or proc.status in _PROCEDURE_DROPPED:
         return None
-    when = proc.performed_date_time or (proc.performed_period.start if proc.performed_period else None)
+    period = proc.performed_period
+    when = proc.performed_date_time or (period.start if period else None)
     onset = _range(when)
+    end = _range(period.end) if period is not None and period.end else None
+    ongoing = proc.status in ("in-progress", "on-hold") or (period is not None and period.end is None)
+    last = end.end if end else (onset.end if onset else None)
     return Fact(
         "Procedure",
         reference(proc),
@@ -217,14 +223,16 @@ def procedure_fact(proc: Procedure, builder: RecordBuilder) -> Fact | None:
         True,
         True,
         onset,
-        onset.end if onset else None,
+        last,
         when,
         _display(proc.code),
+        ongoing=ongoing,
     )
 
 
 def medication_fact(med: MedicationStatement, builder: RecordBuilder) -> MedicationFact | None:
-    codes = builder.match(keys_of(med.medication_codeable_concept), "")
+    text = _text(med.medication_codeable_concept)  # product codes are matched by their ingredient's name
+    codes = builder.match(keys_of(med.medication_codeable_concept), text)
     if codes is None or med.status is None:
         return None
     period = med.effective_period
@@ -239,6 +247,7 @@ def medication_fact(med: MedicationStatement, builder: RecordBuilder) -> Medicat
         start.start if start else None,
         end.end if end else None,
         start_text,
+        text,
     )
 
 

@@ -62,15 +62,20 @@ def prefetch_templates(ruleset: RuleSet) -> dict[str, dict[str, str]]:
                 orders |= ruleset.valuesets[name].keys
             if rule.card is not None:
                 orders.update(s.order.code for s in rule.card.suggestions if s.order is not None)
-            for targets in rule.replacements.values():
-                orders.update(order.code for order in targets.values())
+            if rule.modifier is not None:
+                orders.update(o.code for targets in rule.modifier.replace.values() for o in targets.values())
         results = {key for key in orders if key[0] == LOINC}
-        templates = {"patient": f"Patient/{_PATIENT}"}
+        # The problem list and the medication list are fetched whole: they are short, and a diagnosis coded
+        # only in an unverified code system, or a medication by product, is matched by its text.
+        templates = {
+            "patient": f"Patient/{_PATIENT}",
+            "conditions": f"Condition?patient={_PATIENT}",
+        }
+        if medications:
+            templates["medications"] = f"MedicationStatement?patient={_PATIENT}"
         for key, resource_type, codes in (
-            ("conditions", "Condition", findings["Condition"]),
             ("observations", "Observation", findings["Observation"] | results),
             ("procedures", "Procedure", findings["Procedure"] | (orders - results)),
-            ("medications", "MedicationStatement", medications),
             ("servicerequests", "ServiceRequest", orders),
             ("diagnosticreports", "DiagnosticReport", results),
         ):

@@ -94,6 +94,8 @@ def finding(q: schema.FindingQuery, path: DataPath, env: CompileEnv) -> Check:
                     continue
                 if older is not None and not record.persisting(fact, older):
                     continue
+                if q.ongoing and not record.is_ongoing(fact):
+                    continue
                 if episode is not None and (fact.last_seen is None or fact.last_seen < episode.start):
                     continue
                 if interpretation and not (fact.interpretation & interpretation):
@@ -204,15 +206,19 @@ def weight_loss(q: schema.WeightLossQuery, path: DataPath, env: CompileEnv) -> C
 
 
 def medication(q: schema.MedicationQuery, path: DataPath, env: CompileEnv) -> Check:
+    """MedicationStatements that count (Part B1), coded from the value set or named as its text patterns
+    say (product codes such as "prednisone 5 MG Oral Tablet" need no ingredient lookup then)."""
     sets = valuesets(q.valueset, (*path, "valueset"), env, env.reads_medications)
     minimum = parse_duration(q.min_duration) if q.min_duration else None
     keys = frozenset().union(*(vs.keys for vs in sets)) if sets else frozenset()
+    patterns = [vs.text for vs in sets if vs.text is not None]
 
     def run(ctx: EvalContext) -> list[Evidence] | None:
         record = ctx.record
         found = []
         for med in record.medications:
-            if not (set(med.codes) & keys) or not record.medication_counts(med):
+            named = bool(med.text) and any(p.search(med.text) for p in patterns)
+            if not (set(med.codes) & keys or named) or not record.medication_counts(med):
                 continue
             if minimum is not None and (med.start is None or med.start > ctx.now - minimum):
                 continue

@@ -178,18 +178,24 @@ class PatientRecord:
                     return False
         return True
 
-    def persisting(self, fact: Fact, longer_than: timedelta) -> bool:
-        """Began more than ``longer_than`` ago and is still current: an active Condition, or an Observation
-        whose finding was recorded within the last 90 days."""
-        if fact.onset is None or fact.onset.end > self.now - longer_than:
-            return False
+    def is_ongoing(self, fact: Fact) -> bool:
+        """Present now: an active Condition, a Procedure in progress, or a finding recorded (present) within
+        the last 90 days."""
+        if fact.ongoing:
+            return True
         if fact.resource_type == "Condition":
-            return fact.current
+            return False
         return any(
             self.seen_within(other, CURRENT_OBSERVATION_WINDOW) and other.present
             for key in fact.codes
             for other in self.by_code.get(key, ())
         )
+
+    def persisting(self, fact: Fact, longer_than: timedelta) -> bool:
+        """Began more than ``longer_than`` ago and is still present (see :meth:`is_ongoing`)."""
+        if fact.onset is None or fact.onset.end > self.now - longer_than:
+            return False
+        return self.is_ongoing(fact)
 
     # ---- the patient --------------------------------------------------------------------------------
 

@@ -18,14 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from rules.engine import schema
-from rules.engine.cards import CardTemplate, OrderTemplate
+from rules.engine.cards import CardTemplate
 from rules.engine.conditions import compile_condition
-from rules.engine.context import INDICATOR_ORDER, Check, CompileEnv, DataPath, EvalContext
+from rules.engine.context import INDICATOR_ORDER, Check, CompileEnv, DataPath, Description, EvalContext
 from rules.engine.diagnostics import Diagnostic, RuleSetError, did_you_mean
 from rules.engine.loader import CompiledEscalation, Loader
 from rules.engine.normalise import RecordBuilder
 from rules.engine.prefetch import prefetch_templates
 from rules.engine.source import SourceDocument
+from rules.engine.suggestions import Modifier
 from rules.engine.terminology import CodeKey, Terminology, ValueSet
 
 CONTEXT_VALUESET = "low-back-pain"
@@ -52,8 +53,9 @@ class CompiledRule:
     rule_refs: tuple[str, ...]
     knowledge_base: str
     escalations: tuple[CompiledEscalation, ...] = ()
-    replacements: dict[CodeKey, dict[str, OrderTemplate]] = field(default_factory=dict)
+    modifier: Modifier | None = None
     pama_rating: ValueSet | None = None
+    descriptions: dict[Check, Description] = field(default_factory=dict)
 
     @property
     def max_indicator(self) -> str:
@@ -156,8 +158,9 @@ def _compile_rule(
         tuple(ref for ref, _ in env.rule_refs),
         parsed.references.knowledge_base,
         escalations,
-        loader.replacements(parsed, doc, terminology),
+        loader.modifier(parsed, doc, terminology),
         rating,
+        env.descriptions,
     )
 
 
@@ -306,6 +309,6 @@ def _relevant_codes(
             keys |= valuesets[name].keys
         if rule.card is not None:
             keys.update(s.order.code for s in rule.card.suggestions if s.order is not None)
-        for targets in rule.replacements.values():
-            keys.update(order.code for order in targets.values())
+        if rule.modifier is not None:
+            keys.update(o.code for targets in rule.modifier.replace.values() for o in targets.values())
     return frozenset(keys)

@@ -87,6 +87,8 @@ class ValueSetFile(Strict):
 class TerminologyFile(Strict):
     systems: dict[str, Url | Annotated[str, StringConstraints(pattern=r"^urn:\S+$")]]
     codes: dict[str, dict[str, str]]
+    # Codes that order the same test (suggested once, and one done counts for the others).
+    same_test: list[list[CodeRef]] = Field(default_factory=list)
 
 
 # ---- conditions -------------------------------------------------------------------------------------
@@ -103,7 +105,8 @@ class FindingQuery(Strict):
     laterality: Literal["bilateral", "unilateral", "left", "right"] | None = None
     interpretation: list[CodeRef] | None = None  # e.g. v3-interpretation:W (worse)
     resource: Literal["Observation", "Condition", "Procedure"] | None = None
-    older_than: Duration | None = None  # began more than this long ago and is still current
+    older_than: Duration | None = None  # began more than this long ago and is still present
+    ongoing: bool = False  # present now: active Condition, Procedure in progress, or recorded within 90 days
     within_episode: bool = False  # recorded during the current low back pain episode
     value: Name | None = None  # the Observation's coded value is in this value set
     min_records: int | None = Field(default=None, ge=2)  # at least this many matching records
@@ -278,6 +281,8 @@ class Modifier(Strict):
     gadolinium in pregnancy)."""
 
     replace: dict[CodeRef, CodeRef] = Field(min_length=1)
+    reason: Annotated[str, StringConstraints(min_length=3, max_length=40)]  # shown in the swapped label
+    note: Annotated[str, StringConstraints(min_length=10)]  # added to the detail of every card it changes
 
 
 class LinkSpec(Strict):

@@ -1,94 +1,128 @@
 """Deciding, per request, which orders each card suggests (knowledge base, rule precedence).
 
-- A suggestion with ``only_if`` is offered only when its condition holds.
-- While a modifying rule fires (pregnancy, R24), every card's orders are swapped as it says.
-- An order is suggested once only: by the card with the most urgent priority for it (then the more
-  urgent card, then the earlier one).
-- An order being placed now (a draft), already active, or done within its window is not suggested again
-  and is listed as such; a completed test does not stop a critical card re-suggesting it, since a result
-  from before an emergency does not answer it.
+- A suggestion with ``only_if`` is offered only when its condition holds, one with ``min_indicator`` only
+  when the card is that urgent.
+- While a modifying rule fires (pregnancy, R24), every card's orders are swapped as it says; the swapped
+  suggestion is relabelled and the card explains why.
+- An order is suggested once only: by the card with the most urgent priority for it (then the more urgent
+  card, then the earlier one). Tests the terminology declares the same (a blood count with or without
+  differential) count as one.
+- An order being placed now (a draft), already active, or done within its window is not suggested again and
+  is listed as such; a completed test does not stop a critical card re-suggesting it, since a result from
+  before an emergency does not answer it.
 - ``remove_draft`` suggestions delete the hook's matching draft orders.
 """
 
 from __future__ import annotations
 
-from rules.engine.cards import PRIORITY_RANK, CardPlan, OrderTemplate, SuggestionTemplate
+from dataclasses import dataclass
+
+from rules.engine.cards import PRIORITY_RANK, CardPlan, OrderTemplate, PlannedOrder, SuggestionTemplate
 from rules.engine.context import INDICATOR_ORDER, EvalContext
 from rules.engine.facts import OrderFact
 from rules.engine.record import PatientRecord
-from rules.engine.terminology import CodeKey
-
-Replacements = dict[CodeKey, dict[str, OrderTemplate]]
+from rules.engine.terminology import CodeKey, Terminology
 
 
-def plan_suggestions(plans: list[CardPlan], ctx: EvalContext, replacements: Replacements) -> None:
+@dataclass(frozen=True)
+class Modifier:
+    """Order swaps a firing rule imposes on every card (``modifies`` in the rule file)."""
+
+    rule_id: str
+    reason: str
+    note: str
+    replace: dict[CodeKey, dict[str, OrderTemplate]]  # source code -> priority -> replacement
+
+
+def _candidates(
+    plan: CardPlan, ctx: EvalContext, modifiers: list[Modifier], terminology: Terminology
+) -> list[PlannedOrder]:
+    wanted: dict[CodeKey, PlannedOrder] = {}
+    for spec in plan.template.suggestions:
+        if spec.min_indicator and INDICATOR_ORDER[plan.indicator] < INDICATOR_ORDER[spec.min_indicator]:
+            continue
+        if spec.only_if is not None and spec.only_if(ctx) is None:
+            continue
+        if spec.remove_draft is not None:
+            drafts = [d for d in ctx.record.drafts if set(d.codes) & spec.remove_draft.keys]
+            if drafts:
+                plan.removals.append((spec, drafts))
+            continue
+        assert spec.order is not None  # the schema requires an order or a removal
+        planned = PlannedOrder(spec.label, spec.recommended, spec.order, spec.window)
+        for modifier in modifiers:
+            replacement = modifier.replace.get(spec.order.code, {}).get(spec.order.priority)
+            if replacement is not None:
+                label = f"{replacement.display} instead of {spec.order.display} ({modifier.reason})"
+                planned = PlannedOrder(label[:120], spec.recommended, replacement, spec.window)
+                if modifier.note not in plan.notes:
+                    plan.notes.append(modifier.note)
+        key = terminology.canonical(planned.order.code)
+        kept = wanted.get(key)
+        if kept is None or PRIORITY_RANK[planned.order.priority] > PRIORITY_RANK[kept.order.priority]:
+            wanted[key] = planned
+    return list(wanted.values())
+
+
+def plan_suggestions(
+    plans: list[CardPlan], ctx: EvalContext, modifiers: list[Modifier], terminology: Terminology
+) -> None:
     """Fill ``orders``, ``removals`` and ``already`` of each card plan (ordered most urgent first)."""
-    candidates: list[list[tuple[SuggestionTemplate, OrderTemplate]]] = []
-    for plan in plans:
-        wanted: dict[CodeKey, tuple[SuggestionTemplate, OrderTemplate]] = {}
-        for spec in plan.template.suggestions:
-            if spec.min_indicator and INDICATOR_ORDER[plan.indicator] < INDICATOR_ORDER[spec.min_indicator]:
+    candidates = [_candidates(plan, ctx, modifiers, terminology) for plan in plans]
+    best: dict[CodeKey, tuple[tuple[int, int, bool, int], int]] = {}
+    for rank, (plan, wanted) in enumerate(zip(plans, candidates, strict=True)):
+        for planned in wanted:
+            key = terminology.canonical(planned.order.code)
+            # an order belongs first on the most urgent card, then on a referral or test card, then earlier
+            owns = plan.template.category in ("referral", "test")
+            score = (PRIORITY_RANK[planned.order.priority], INDICATOR_ORDER[plan.indicator], owns, -rank)
+            if key not in best or score > best[key][0]:
+                best[key] = (score, rank)
+    for rank, (plan, wanted) in enumerate(zip(plans, candidates, strict=True)):
+        for planned in wanted:
+            if best[terminology.canonical(planned.order.code)][1] != rank:
                 continue
-            if spec.only_if is not None and spec.only_if(ctx) is None:
-                continue
-            if spec.remove_draft is not None:
-                keys = spec.remove_draft.keys
-                drafts = [d for d in ctx.record.drafts if set(d.codes) & keys]
-                if drafts:
-                    plan.removals.append((spec, drafts))
-                continue
-            assert spec.order is not None  # the schema requires an order or a removal
-            order = replacements.get(spec.order.code, {}).get(spec.order.priority, spec.order)
-            kept = wanted.get(order.code)
-            if kept is None or PRIORITY_RANK[order.priority] > PRIORITY_RANK[kept[1].priority]:
-                wanted[order.code] = (spec, order)
-        candidates.append(list(wanted.values()))
-    best: dict[CodeKey, tuple[tuple[int, int, int], int]] = {}
-    for rank, (plan, wanted_here) in enumerate(zip(plans, candidates, strict=True)):
-        for _, order in wanted_here:
-            score = (PRIORITY_RANK[order.priority], INDICATOR_ORDER[plan.indicator], -rank)
-            if order.code not in best or score > best[order.code][0]:
-                best[order.code] = (score, rank)
-    for rank, (plan, wanted_here) in enumerate(zip(plans, candidates, strict=True)):
-        for spec, order in wanted_here:
-            if best[order.code][1] != rank:
-                continue
-            existing = existing_order(order, spec, plan.indicator, ctx.record)
+            same = terminology.same_test(planned.order.code)
+            existing = existing_order(same, planned, plan.indicator, ctx.record)
             if existing is not None:
-                plan.already.append((order, existing))
+                plan.already.append((planned.order, existing))
             else:
-                plan.orders.append((spec, order))
+                plan.orders.append(planned)
 
 
 def existing_order(
-    order: OrderTemplate, spec: SuggestionTemplate, indicator: str, record: PatientRecord
+    codes: frozenset[CodeKey], planned: PlannedOrder, indicator: str, record: PatientRecord
 ) -> OrderFact | None:
-    """The draft, active or recent order or result that makes suggesting ``order`` again pointless."""
-    since = record.now - spec.window
+    """The draft, active or recent order or result that makes suggesting the order again pointless."""
+    since = record.now - planned.window
     for draft in record.drafts:
-        if order.code in draft.codes:
+        if codes & set(draft.codes):
             return draft
     for item in record.orders:
-        if order.code not in item.codes or item.when is None or item.when < since:
+        if not codes & set(item.codes) or item.when is None or item.when < since:
             continue
         if item.status in ("active", "on-hold"):
             return item
         if item.status == "completed" and indicator != "critical":
             return item
     if indicator != "critical":
-        for fact in record.by_code.get(order.code, ()):
-            if (
-                fact.resource_type in ("Observation", "Procedure")
-                and fact.last_seen is not None
-                and (fact.last_seen >= since)
-            ):
-                return OrderFact(
-                    "Observation",
-                    fact.reference,
-                    fact.codes,
-                    fact.label,
-                    "resulted",
-                    fact.last_seen,
-                    fact.date_text,
-                )
+        for code in codes:
+            for fact in record.by_code.get(code, ()):
+                if (
+                    fact.resource_type in ("Observation", "Procedure")
+                    and fact.last_seen is not None
+                    and (fact.last_seen >= since)
+                ):
+                    return OrderFact(
+                        "Observation",
+                        fact.reference,
+                        fact.codes,
+                        fact.label,
+                        "resulted",
+                        fact.last_seen,
+                        fact.date_text,
+                    )
     return None
+
+
+_ = SuggestionTemplate  # re-exported for readers of this module's docstring

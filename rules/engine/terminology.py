@@ -19,6 +19,7 @@ class Terminology:
 
     systems: dict[str, str]
     displays: dict[CodeKey, str]
+    equivalents: dict[CodeKey, frozenset[CodeKey]] = field(default_factory=dict)
 
     def split(self, ref: str) -> tuple[str | None, str]:
         """``snomed:123`` → (system URI or None when the alias is unknown, code)."""
@@ -48,6 +49,14 @@ class Terminology:
 
     def display(self, key: CodeKey) -> str:
         return self.displays.get(key, key[1])
+
+    def same_test(self, key: CodeKey) -> frozenset[CodeKey]:
+        """The codes that order the same test as ``key`` (``same_test`` groups), ``key`` included."""
+        return self.equivalents.get(key, frozenset({key}))
+
+    def canonical(self, key: CodeKey) -> CodeKey:
+        """One representative of ``key``'s group, to de-duplicate suggestions."""
+        return min(self.same_test(key))
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,7 @@ def test_cards_are_well_formed(name: str, evaluation: Evaluation) -> None:
         if card.source.topic.code == "engine-incomplete":
             continue
         assert card.source.url and card.source.url.startswith("http")
+        assert card.links and card.links[0].url.startswith("http"), "every card links to its guideline"
         assert card.source.topic.code in _CATALOG.by_id
         assert card.source.topic.version == _CATALOG.version
         detail = card.detail or ""

@@ -159,7 +159,7 @@ def test_summary_over_139_characters_is_refused(catalog: Path) -> None:
 
 def test_condition_needs_exactly_one_key(catalog: Path) -> None:
     _edit(
-        catalog / "rf-ces-bilateral-radicular.yaml", "when:\n  finding:", "when:\n  age: {gt: 3}\n  finding:"
+        catalog / "rf-ces-saddle-sensory-loss.yaml", "when:\n  finding:", "when:\n  age: {gt: 3}\n  finding:"
     )
     assert any("a condition needs exactly one of" in e for e in _errors(catalog))
 
