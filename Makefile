@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: run test lint typecheck rules-test fmt clean
+.PHONY: run test lint rules-test fmt schema clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ rules-test: $(VENV)/.stamp-test
 
 test: lint rules-test
 	$(BIN)/python -m pytest -q
+
+# Regenerate the JSON Schemas editors use for rule files (a test checks they are current).
+schema: $(VENV)/.stamp-run
+	$(BIN)/python -m rules.engine.jsonschema --write
 
 fmt: $(VENV)/.stamp-test
 	$(BIN)/ruff check --fix cds_hooks rules service tests bench

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,6 +21,7 @@ from service.logging import configure_logging
 from service.metrics import Metrics
 from service.middleware import AccessLogMiddleware, BodyLimitMiddleware
 from service.openapi import install_openapi
+from service.reload import watch_rules
 from service.routes import cds, health
 from service.settings import Settings
 from service.state import AppState
@@ -62,6 +64,11 @@ def create_app(
             timeout_s=settings.fhir_timeout_s,
             max_pages=settings.fhir_max_pages,
         )
+        state.metrics.set_ruleset(catalogue.ruleset.version, len(catalogue.ruleset.rules))
+        stop = asyncio.Event()
+        watcher = None
+        if settings.rules_watch:
+            watcher = asyncio.create_task(watch_rules(state, settings.rules_dir, stop), name="rules-watcher")
         # Long-lived objects (rules, models) out of the collector's way: steadier tail latency (stack.md).
         gc.collect()
         gc.freeze()
@@ -69,6 +76,9 @@ def create_app(
         try:
             yield
         finally:
+            stop.set()
+            if watcher is not None:
+                await watcher
             await state.http.aclose()
             await state.database.close()
 

@@ -17,8 +17,9 @@ from pydantic import ValidationError
 from cds_hooks.fhirtime import parse_fhir_datetime
 from cds_hooks.outcome import outcome_from_validation
 from cds_hooks.request import parse_hook_request
-from rules.engine.diagnostics import RuleSetError, render_all
-from rules.engine.evaluate import evaluate
+from rules.engine.diagnostics import Diagnostic, RuleSetError, render_all
+from rules.engine.explain import explain
+from rules.engine.explain import render as render_trace
 from rules.engine.ruleset import RuleSet, load_ruleset
 from rules.engine.selftest import run_tests
 from service.settings import Settings
@@ -54,24 +55,27 @@ def _load(folder: Path) -> RuleSet:
     return load_ruleset(folder)
 
 
+def _only(diagnostics: Sequence[Diagnostic], files: set[str] | None) -> list[Diagnostic]:
+    """The diagnostics of the named files (all of them when no file was named)."""
+    return [d for d in diagnostics if files is None or any(d.path.endswith(f.lstrip("./")) for f in files)]
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     failed = False
     for folder, files in _catalogues(args.paths):
         try:
             ruleset = _load(folder)
         except RuleSetError as exc:
-            shown = [
-                d
-                for d in exc.diagnostics
-                if files is None or any(d.path.endswith(f.lstrip("./")) for f in files)
-            ]
-            print(render_all(shown or exc.diagnostics))
+            print(render_all(_only(exc.diagnostics, files) or exc.diagnostics))
             failed = True
             continue
-        print(
-            f"{folder}: {len(ruleset.rules)} rules, {len(ruleset.valuesets)} value sets, "
-            f"version {ruleset.version}: ok"
+        warnings = _only(ruleset.warnings, files)
+        if warnings:
+            print(render_all(warnings))
+        summary = (
+            f"{len(ruleset.rules)} rules, {len(ruleset.valuesets)} value sets, version {ruleset.version}"
         )
+        print(f"{folder}: {summary}: ok" + (f", {len(warnings)} warning(s)" if warnings else ""))
     return 1 if failed else 0
 
 
@@ -119,13 +123,21 @@ def cmd_explain(args: argparse.Namespace) -> int:
         for issue in outcome_from_validation(exc)["issue"]:
             print(f"error: {issue['diagnostics']}", file=sys.stderr)
         return 2
+    unknown = set(args.rule or ()) - set(ruleset.by_id)
+    if unknown:
+        print(f"error: unknown rule id(s): {', '.join(sorted(unknown))}", file=sys.stderr)
+        return 2
     now = parse_fhir_datetime(args.now).start if args.now else datetime.now(UTC)
-    evaluation = evaluate(ruleset, request, now)
+    evaluation, traces = explain(ruleset, request, now)
     print(f"hook {request.hook} at {now.isoformat()}, rule-set {ruleset.version}")
     if not evaluation.has_context:
-        print("no low back pain context in the record: no rule applies")
+        print("no low back pain in the record (knowledge base B4): no rule applies")
     for rule_id, verdict in evaluation.verdicts.items():
+        if args.rule and rule_id not in args.rule:
+            continue
         line = f"{verdict.status:15} {rule_id}"
+        if verdict.indicator:
+            line += f" [{verdict.indicator}]"
         if verdict.suppressed_by:
             line += f" (suppressed by {', '.join(verdict.suppressed_by)})"
         if verdict.card and verdict.card != rule_id:
@@ -133,18 +145,17 @@ def cmd_explain(args: argparse.Namespace) -> int:
         if verdict.error:
             line += f" ({verdict.error})"
         print(line)
-        for item in verdict.evidence:
-            print(
-                f"{'':17}- {item.label}: {item.value}"
-                + (f", {item.date}" if item.date else "")
-                + (f" ({item.reference})" if item.reference else "")
-            )
+        if rule_id in traces and evaluation.has_context:
+            print("\n".join(render_trace(traces[rule_id])))
     for note in evaluation.notes:
         print(f"note: {note}")
-    print(
-        f"{len(evaluation.cards)} card(s): "
-        + "; ".join(f"[{c.indicator}] {c.summary}" for c in evaluation.cards)
-    )
+    print(f"{len(evaluation.cards)} card(s):")
+    for card in evaluation.cards:
+        print(f"  [{card.indicator}] {card.summary}")
+        for suggestion in card.suggestions:
+            print(f"      - {suggestion.label}")
+    for action in evaluation.system_actions:
+        print(f"  system action: {action.description}")
     return 0
 
 
@@ -207,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("request", metavar="REQUEST.json")
     explain.add_argument("--now", help="evaluation time (FHIR dateTime); default: the current time")
     explain.add_argument("--rules", help="catalogue folder; default: LUMBAR_RULES_DIR")
+    explain.add_argument(
+        "-k", "--rule", action="append", metavar="RULE_ID", help="only this rule (repeatable)"
+    )
     explain.set_defaults(func=cmd_explain)
     return parser
 

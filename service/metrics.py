@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 
 @dataclass
@@ -31,6 +31,17 @@ class Metrics:
             "lumbar_fhir_fetch", "Hook calls that had to fetch from the FHIR server", ["outcome"], registry=r
         )
         self.feedback = Counter("lumbar_feedback_items", "Feedback items stored", ["outcome"], registry=r)
+        self.reloads = Counter("lumbar_rules_reloads", "Rule catalogue reloads", ["outcome"], registry=r)
+        self.reload_failing = Gauge(
+            "lumbar_rules_reload_failing",
+            "1 while the last reload was rejected and the previous rules still serve",
+            registry=r,
+        )
+        self.ruleset = Gauge("lumbar_rules_info", "The rule set being served", ["version"], registry=r)
+
+    def set_ruleset(self, version: str, count: int) -> None:
+        self.ruleset.clear()
+        self.ruleset.labels(version).set(count)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

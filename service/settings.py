@@ -27,6 +27,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LUMBAR_", extra="ignore", frozen=True)
 
     rules_dir: Path = BUNDLED_CATALOG
+    rules_watch: bool = True  # reload the catalogue when files under rules_dir change
     database_url: str = "sqlite+aiosqlite:///./var/lumbar.db"
     auth: Literal["jwt", "off"] = "jwt"
     clients_file: Path | None = None

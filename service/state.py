@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 
@@ -13,11 +13,30 @@ from service.settings import Settings
 from service.storage.database import Database
 
 
+@dataclass
+class ReloadStatus:
+    """The outcome of the last rule reload attempt, shown on /readyz."""
+
+    ok: bool = True
+    at: str | None = None
+    errors: list[str] = field(default_factory=list)
+    reloads: int = 0
+
+    def to_json(self) -> dict[str, object]:
+        out: dict[str, object] = {"status": "ok" if self.ok else "error", "reloads": self.reloads}
+        if self.at:
+            out["at"] = self.at
+        if self.errors:
+            out["errors"] = self.errors
+        return out
+
+
 @dataclass(eq=False)
 class AppState:
     settings: Settings
-    catalogue: Catalogue
+    catalogue: Catalogue  # replaced whole on reload; read it once per request
     database: Database
     metrics: Metrics
     http: httpx.AsyncClient | None = None
     fhir: FhirClient | None = None
+    reload: ReloadStatus = field(default_factory=ReloadStatus)

@@ -88,3 +88,50 @@ def test_data_contract_example(name: str, silent: str, rule_id: str, resources: 
         ruleset, parse_hook_request(json.dumps(body)), datetime(2026, 11, 21, 10, tzinfo=UTC)
     )
     assert (evaluation.verdicts[rule_id].status == "fired") is not bool(silent), evaluation.verdicts[rule_id]
+
+
+GUIDE = (ROOT / "docs" / "rules-guide.md").read_text()
+GUIDE_BLOCK = re.compile(r"<!-- guide: (valueset|rule) (\S+) -->\s*```yaml\n(.*?)```", re.S)
+GUIDE_BROKEN = re.compile(
+    r'<!-- guide: broken (\S+) replace="([^"]+)" with="([^"]+)" -->\s*```text\n(.*?)```', re.S
+)
+
+
+def _guide_catalogue(tmp_path: Path) -> Path:
+    import shutil
+
+    catalog = tmp_path / "catalog"
+    shutil.copytree(BUNDLED_CATALOG, catalog)
+    for kind, name, text in GUIDE_BLOCK.findall(GUIDE):
+        target = catalog / "valuesets" / f"{name}.yaml" if kind == "valueset" else catalog / f"{name}.yaml"
+        target.write_text(text)
+    return catalog
+
+
+def test_the_guide_examples_load_and_their_tests_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from service.cli import main
+
+    assert len(GUIDE_BLOCK.findall(GUIDE)) == 2
+    _guide_catalogue(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert main(["check", "catalog"]) == 0, capsys.readouterr().out
+    assert main(["test", "catalog", "-k", "ref-example-walking-limited"]) == 0, capsys.readouterr().out
+    assert "2 passed, 0 failed" in capsys.readouterr().out
+
+
+def test_the_guide_error_example_is_what_check_prints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from service.cli import main
+
+    ((name, old, new, expected),) = GUIDE_BROKEN.findall(GUIDE)
+    catalog = _guide_catalogue(tmp_path)
+    path = catalog / f"{name}.yaml"
+    path.write_text(path.read_text().replace(old, new, 1))
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(["check", "catalog"]) == 1
+    out = capsys.readouterr().out
+    assert expected.strip() in out, out

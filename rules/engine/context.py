@@ -80,7 +80,10 @@ class CompileEnv:
     uses_red_flags: list[tuple[DataPath, str]] = field(default_factory=list)  # (where, min_indicator)
     descriptions: dict[Check, Description] = field(default_factory=dict)  # for `lumbar explain`
 
+    used: set[str] = field(default_factory=set)  # every value set this rule names, for the unused lint
+
     def valueset(self, name: str, path: DataPath) -> ValueSet | None:
+        self.used.add(name)
         found = self.valuesets.get(name)
         if found is None:
             self.report(path, f"unknown value set {name!r}", did_you_mean(name, self.valuesets))

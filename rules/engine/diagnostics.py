@@ -35,8 +35,8 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
     if word in options:
         return f"{word!r} is a valid key, but not at this level: check the indentation"
     match = difflib.get_close_matches(word, options, n=1, cutoff=0.7)
-    if not match and len(word) >= 4:
-        match = sorted(o for o in options if o.startswith(word))[:1]  # a truncated name
+    if not match and len(word) >= 4:  # a truncated name
+        match = sorted(o for o in options if o.startswith(word) or o.endswith(word))[:1]
     return f"did you mean {match[0]!r}?" if match else None
 
 

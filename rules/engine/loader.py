@@ -22,6 +22,8 @@ from rules.engine.suggestions import Modifier
 from rules.engine.terminology import CodeKey, Terminology, ValueSet
 
 PRIORITIES = ("stat", "asap", "urgent", "routine")
+# Never a similar-looking code as a hint: it would name a different clinical concept.
+_CODE_HELP = "verify the code (knowledge base Part D) and add it to terminology.yaml, or use a listed one"
 
 
 @dataclass(frozen=True)
@@ -47,8 +49,15 @@ class Loader:
             return str(path)
 
     def read(self, path: Path) -> SourceDocument | None:
-        self.hashes[self.display(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
-        document, problems = read_yaml(path, self.display(path))
+        display = self.display(path)
+        try:
+            content = path.read_bytes()
+        except OSError as exc:
+            self.diagnostics.append(Diagnostic(display, 1, 1, f"cannot read file: {exc}"))
+            return None
+        digest = hashlib.sha256(content).hexdigest()
+        self.hashes[display] = digest
+        document, problems = read_yaml(path, display, content, digest)
         self.diagnostics.extend(problems)
         return document
 
@@ -71,7 +80,7 @@ class Loader:
                 document.diagnostic(
                     where,
                     problem or "unknown code",
-                    did_you_mean(ref, terminology.codes_of(ref)),
+                    _CODE_HELP if problem and "terminology list" in problem else None,
                     at_value=True,
                 )
             )
@@ -290,6 +299,16 @@ def schema_diagnostic(document: SourceDocument, error: Any) -> Diagnostic:
     elif kind == "value_error":
         message = message.removeprefix("Value error, ")
         at_value = False
+    elif kind == "literal_error":
+        given = error.get("input")
+        expected = re.findall(r"'([^']*)'", str(error.get("ctx", {}).get("expected", "")))
+        message = f"{name}: {given!r} is not one of {', '.join(expected)}"
+        help = did_you_mean(str(given), expected) if isinstance(given, str) else None
+    elif kind == "string_too_long" and name == "summary":
+        length = len(error.get("input") or "")
+        message = (
+            f"summary: {length} characters; CDS Hooks 2.0 wants fewer than 140 (move the rest to detail)"
+        )
     else:
         given = error.get("input")
         short = isinstance(given, str | int | float | bool) and len(repr(given)) < 80

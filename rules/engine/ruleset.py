@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from rules.engine import schema
 from rules.engine.cards import CardTemplate
 from rules.engine.conditions import compile_condition
@@ -56,6 +58,7 @@ class CompiledRule:
     modifier: Modifier | None = None
     pama_rating: ValueSet | None = None
     descriptions: dict[Check, Description] = field(default_factory=dict)
+    uses: frozenset[str] = frozenset()  # every value set the rule names
 
     @property
     def max_indicator(self) -> str:
@@ -85,6 +88,7 @@ class RuleSet:
     version: str
     file_hashes: dict[str, str]
     prefetch: dict[str, dict[str, str]] = field(default_factory=dict)
+    warnings: tuple[Diagnostic, ...] = ()  # problems that do not stop loading (e.g. unused value sets)
 
     @property
     def red_flag_ids(self) -> tuple[tuple[str, str], ...]:
@@ -101,6 +105,8 @@ def _compile_rule(
     document = loader.read(path)
     parsed: schema.RuleFile | None = loader.validate(schema.RuleFile, document)
     if parsed is None or document is None:
+        if document is not None:
+            _check_sections(loader, document, valuesets, terminology)
         return None
     doc = document
     if parsed.id != path.stem:
@@ -109,7 +115,7 @@ def _compile_rule(
         )
 
     def report(where: DataPath, message: str, help: str | None) -> None:
-        loader.diagnostics.append(doc.diagnostic(where, message, help))
+        loader.diagnostics.append(doc.diagnostic(where, message, help, at_value=True))
 
     env = CompileEnv(valuesets, terminology, report)
     check = compile_condition(parsed.when, ("when",), env)
@@ -161,17 +167,50 @@ def _compile_rule(
         loader.modifier(parsed, doc, terminology),
         rating,
         env.descriptions,
+        frozenset(env.used),
     )
 
 
-def _cross_check(rules: dict[str, CompiledRule], diagnostics: list[Diagnostic]) -> None:
+def _check_sections(
+    loader: Loader, document: SourceDocument, valuesets: dict[str, ValueSet], terminology: Terminology
+) -> None:
+    """A rule file with schema errors still gets the names and codes of its valid sections checked, so one
+    mistake does not hide the others (the schema errors themselves are already reported)."""
+    data = document.data if isinstance(document.data, dict) else {}
+    quiet = Loader(loader.directory)  # sections with schema errors: their errors are in the main report
+
+    def report(where: DataPath, message: str, help: str | None) -> None:
+        loader.diagnostics.append(document.diagnostic(where, message, help, at_value=True))
+
+    env = CompileEnv(valuesets, terminology, report)
+    try:
+        when = schema.Condition.model_validate(data.get("when"))
+    except ValidationError:
+        pass
+    else:
+        compile_condition(when, ("when",), env)
+    card = data.get("card")
+    for index, item in enumerate(card.get("suggestions", []) if isinstance(card, dict) else []):
+        try:
+            suggestion = schema.SuggestionSpec.model_validate(item)
+        except ValidationError:
+            continue
+        if suggestion.order:
+            quiet.resolve(suggestion.order, document, ("card", "suggestions", index, "order"), terminology)
+            loader.diagnostics.extend(quiet.diagnostics)
+            quiet.diagnostics.clear()
+
+
+def _cross_check(rules: dict[str, CompiledRule], diagnostics: list[Diagnostic], failed: set[str]) -> None:
     def report(rule: CompiledRule, where: DataPath, message: str, help: str | None = None) -> None:
         diagnostics.append(rule.document.diagnostic(where, message, help))
 
     for rule in rules.values():
         if rule.consolidate_into is not None:
             target = rules.get(rule.consolidate_into)
-            if target is None:
+            if target is None and rule.consolidate_into in failed:
+                pass  # that rule's own file failed, and is reported on its own
+            elif target is None:
                 report(
                     rule,
                     ("consolidate_into",),
@@ -192,9 +231,9 @@ def _cross_check(rules: dict[str, CompiledRule], diagnostics: list[Diagnostic]) 
             target = rules.get(target_id)
             level = max(INDICATOR_ORDER[rule.indicator], INDICATOR_ORDER[at])
             if target is None:
-                report(
-                    rule, ("suppresses", index), f"unknown rule {target_id!r}", did_you_mean(target_id, rules)
-                )
+                if target_id not in failed:
+                    help = did_you_mean(target_id, rules)
+                    report(rule, ("suppresses", index), f"unknown rule {target_id!r}", help)
             elif target_id == rule.id:
                 report(rule, ("suppresses", index), "a rule cannot suppress itself")
             elif target.category == "red-flag" and INDICATOR_ORDER[target.indicator] > level:
@@ -206,7 +245,7 @@ def _cross_check(rules: dict[str, CompiledRule], diagnostics: list[Diagnostic]) 
                     f"{shown} rule cannot suppress the {target.indicator} red flag {target_id!r}",
                 )
         for ref in rule.rule_refs:
-            if ref not in rules:
+            if ref not in rules and ref not in failed:
                 report(rule, ("when",), f"unknown rule {ref!r}", did_you_mean(ref, rules))
     _find_cycles(rules, "suppresses", lambda r: [t for t, _ in r.suppresses], diagnostics)
     _find_cycles(rules, "when", lambda r: r.rule_refs, diagnostics)
@@ -234,6 +273,22 @@ def _find_cycles(rules: dict[str, CompiledRule], key: str, edges: Any, diagnosti
             visit(rule_id, [rule_id])
 
 
+def _unused_valuesets(loader: Loader, rules: dict[str, CompiledRule], defined: set[str]) -> None:
+    used = {CONTEXT_VALUESET}.union(*(rule.uses for rule in rules.values()))
+    for name in sorted(defined - used):
+        path = loader.directory / "valuesets" / f"{name}.yaml"
+        loader.diagnostics.append(
+            Diagnostic(
+                loader.display(path),
+                1,
+                1,
+                f"value set {name!r} is not used by any rule",
+                severity="warning",
+                help="use it in a rule, or delete the file",
+            )
+        )
+
+
 def load_ruleset(directory: Path) -> RuleSet:
     """Load and compile a whole catalogue.
 
@@ -251,11 +306,12 @@ def load_ruleset(directory: Path) -> RuleSet:
         raise RuleSetError(loader.diagnostics)
     valuesets = loader.valuesets(terminology)
     compiled: dict[str, CompiledRule] = {}
-    for path in sorted(directory.glob("*.yaml")):
-        if path.name == "terminology.yaml":
-            continue
+    files = [path for path in sorted(directory.glob("*.yaml")) if path.name != "terminology.yaml"]
+    failed: set[str] = set()
+    for path in files:
         rule = _compile_rule(loader, path, valuesets, terminology)
         if rule is None:
+            failed.add(path.stem)
             continue
         if rule.id in compiled:
             loader.diagnostics.append(rule.document.diagnostic(("id",), f"duplicate rule id {rule.id!r}"))
@@ -271,9 +327,11 @@ def load_ruleset(directory: Path) -> RuleSet:
                 f"missing value set {CONTEXT_VALUESET!r}, which gates every rule",
             )
         )
-    _cross_check(compiled, loader.diagnostics)
-    if not compiled:
+    _cross_check(compiled, loader.diagnostics, failed)
+    if not files:
         loader.diagnostics.append(Diagnostic(loader.display(directory), 1, 1, "no rule files found"))
+    if not any(d.severity == "error" for d in loader.diagnostics):
+        _unused_valuesets(loader, compiled, set(valuesets))  # only meaningful when every rule loaded
     if any(d.severity == "error" for d in loader.diagnostics):
         raise RuleSetError(loader.diagnostics)
     assert context is not None
@@ -295,6 +353,7 @@ def load_ruleset(directory: Path) -> RuleSet:
         builder,
         digest[:16],
         dict(loader.hashes),
+        warnings=tuple(sorted(d for d in loader.diagnostics if d.severity == "warning")),
     )
     ruleset.prefetch.update(prefetch_templates(ruleset))
     return ruleset

@@ -41,10 +41,15 @@ class Strict(BaseModel):
 
 
 def _exactly_one(model: BaseModel, what: str) -> None:
-    given = [name for name in type(model).model_fields if getattr(model, name) is not None]
+    fields = type(model).model_fields
+    given = [fields[name].alias or name for name in fields if getattr(model, name) is not None]
     if len(given) != 1:
-        keys = ", ".join(f.alias or n for n, f in type(model).model_fields.items())
-        raise ValueError(f"{what} needs exactly one of: {keys} (found {len(given)})")
+        if given:
+            raise ValueError(
+                f"{what} has {len(given)} keys ({', '.join(given)}); wrap them in 'all' or 'any'"
+            )
+        keys = ", ".join(f.alias or n for n, f in fields.items())
+        raise ValueError(f"{what} needs exactly one of: {keys}")
 
 
 def _some_bound(model: BaseModel, what: str) -> None:

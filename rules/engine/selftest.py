@@ -362,7 +362,7 @@ def run_case(ruleset: RuleSet, rule: CompiledRule, index: int) -> CaseResult:
         request = parse_hook_request(orjson.dumps(body))
         now = parse_fhir_datetime(case.now).start
         result.evaluation = evaluate(ruleset, request, now)
-    except Exception as exc:  # a broken case is a failure to report, not a crash
+    except Exception as exc:  # noqa: BLE001  # a broken case is a failure to report, not a crash
         result.failures.append(f"the case could not run: {type(exc).__name__}: {exc}")
         return result
     result.failures = check_expectations(case, rule.id, result.evaluation, ruleset.terminology)

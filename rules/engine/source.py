@@ -7,6 +7,7 @@ at a line. YAML 1.2 (``no`` stays a string), duplicate keys are errors, and time
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,10 +89,24 @@ def _plain(node: Any, path: DataPath, document: SourceDocument) -> Any:
     return node
 
 
-def read_yaml(path: Path, display: str) -> tuple[SourceDocument | None, list[Diagnostic]]:
-    """Parse one YAML file; on a syntax error return no document and a located diagnostic."""
+# Parsed documents by (display path, content hash): a reload re-parses only the files that changed, which
+# matters because ruamel's round-trip parser is pure Python (about 1 s for the whole catalogue).
+_PARSED: OrderedDict[tuple[str, str], SourceDocument] = OrderedDict()
+_PARSED_MAX = 4096
+
+
+def read_yaml(
+    path: Path, display: str, content: bytes | None = None, digest: str | None = None
+) -> tuple[SourceDocument | None, list[Diagnostic]]:
+    """Parse one YAML file; on a syntax error return no document and a located diagnostic.
+
+    With ``digest`` (a hash of ``content``), an unchanged file is served from a cache of parsed documents.
+    """
+    if digest is not None and (display, digest) in _PARSED:
+        _PARSED.move_to_end((display, digest))
+        return _PARSED[(display, digest)], []
     try:
-        text = path.read_text(encoding="utf-8")
+        text = (content if content is not None else path.read_bytes()).decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         return None, [Diagnostic(display, 1, 1, f"cannot read file: {exc}")]
     try:
@@ -106,4 +121,8 @@ def read_yaml(path: Path, display: str) -> tuple[SourceDocument | None, list[Dia
         return None, [Diagnostic(display, 1, 1, f"invalid YAML: {exc}")]
     document = SourceDocument(display, None, {(): (1, 1)})
     document.data = _plain(node, (), document)
+    if digest is not None:
+        _PARSED[(display, digest)] = document
+        while len(_PARSED) > _PARSED_MAX:
+            _PARSED.popitem(last=False)
     return document, []

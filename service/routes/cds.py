@@ -103,7 +103,7 @@ async def feedback(service_id: str, request: Request, state: State, client: Clie
         raise ProblemError.invalid(exc) from None
     try:
         stored = await state.database.store_feedback(service_id, parsed.feedback, client)
-    except Exception as exc:  # not acknowledged, so the client may retry: nothing is lost
+    except Exception as exc:  # noqa: BLE001  # not acknowledged, so the client may retry: nothing is lost
         log.error("feedback not stored", error=type(exc).__name__)
         raise ProblemError(
             503, "feedback could not be stored; retry later", headers={"Retry-After": "5"}

@@ -22,7 +22,12 @@ async def readyz(state: State) -> Response:
     database = await state.database.ping()
     body = {
         "status": "ready" if database else "not-ready",
-        "rules": {"version": ruleset.version, "count": len(ruleset.rules), "files": ruleset.file_hashes},
+        "rules": {
+            "version": ruleset.version,
+            "count": len(ruleset.rules),
+            "files": ruleset.file_hashes,
+            "reload": state.reload.to_json(),
+        },
         "database": "reachable" if database else "unreachable",
     }
     return Response(orjson.dumps(body), status_code=200 if database else 503, media_type="application/json")

@@ -52,7 +52,7 @@ class Database:
         try:
             async with self.engine.connect() as connection:
                 await connection.execute(text("SELECT 1"))
-        except Exception:  # readiness reports any failure as "not reachable"
+        except Exception:  # noqa: BLE001  # readiness reports any failure as "not reachable"
             return False
         return True
 

@@ -1,0 +1,97 @@
+"""Break a rule file while the service (2 workers) is under load, then fix it (issue: rule administration).
+
+Zero failed requests; the old rules keep answering; /readyz names the file, line and column; after the fix
+the new rule answers on every worker within 2 seconds.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+
+from rules import BUNDLED_CATALOG
+from tests.support import builders
+from tests.support.live import live_service
+
+pytestmark = pytest.mark.e2e
+ADVICE = "adv-self-management-nonspecific.yaml"
+OLD = "Self-management: stay active, avoid bed rest, use heat and exercise; safety-net cauda equina symptoms"
+NEW = "Self-management: keep active, avoid bed rest, use heat; return at once with bladder or leg symptoms"
+
+
+def _summaries(response: httpx.Response) -> set[str]:
+    return {card["summary"] for card in response.json()["cards"]}
+
+
+def test_break_and_fix_a_rule_under_load(tmp_path: Path) -> None:
+    catalog = tmp_path / "catalog"
+    shutil.copytree(BUNDLED_CATALOG, catalog)
+    env = {
+        "LUMBAR_RULES_DIR": str(catalog),
+        "LUMBAR_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/db.sqlite",
+    }
+    with live_service(env, workers=2, log=tmp_path / "service.log") as base:
+        services = httpx.get(f"{base}/cds-services").json()["services"]
+        keys = next(s for s in services if s["hook"] == "patient-view")
+        resources = [builders.patient(), builders.condition("lbp", "279039007", "2026-11-15")]
+        body = builders.hook_request(prefetch=builders.prefetch_for(resources, list(keys["prefetch"])))
+        url = f"{base}/cds-services/lumbar-patient-view"
+        statuses: Counter[int] = Counter()
+        seen: Counter[str] = Counter()
+        stop = threading.Event()
+
+        def hammer() -> None:
+            with httpx.Client(timeout=10) as client:
+                while not stop.is_set():
+                    response = client.post(url, json=body)
+                    statuses[response.status_code] += 1
+                    if response.status_code == 200:
+                        seen.update(_summaries(response) & {OLD, NEW})
+
+        threads = [threading.Thread(target=hammer) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        try:
+            time.sleep(1.0)
+            path = catalog / ADVICE
+            path.write_text(path.read_text().replace("indicator: info", "indicator: loud", 1))
+            deadline = time.monotonic() + 10
+            errors: list[str] = []
+            confirmations = 0
+            while confirmations < 6:  # both workers report the rejected change
+                assert time.monotonic() < deadline, "the broken file was never reported on /readyz"
+                reload = httpx.get(f"{base}/readyz").json()["rules"]["reload"]
+                if reload["status"] == "error":
+                    confirmations += 1
+                    errors = reload["errors"]
+                else:
+                    confirmations = 0
+                time.sleep(0.1)
+            assert any(f"{ADVICE}:5:12: error: indicator: 'loud' is not one of" in e for e in errors), errors
+            old_during_break = seen[OLD]
+            time.sleep(0.5)
+            assert seen[OLD] > old_during_break, "the last good rules stopped answering"
+
+            fixed = path.read_text().replace("indicator: loud", "indicator: info", 1).replace(OLD, NEW, 1)
+            started = time.monotonic()
+            path.write_text(fixed)
+            consecutive = 0
+            with httpx.Client(timeout=10) as client:
+                while consecutive < 10:  # ten answers in a row from the new rules: every worker has it
+                    elapsed = time.monotonic() - started
+                    assert elapsed < 5, "the fixed rule did not answer"
+                    consecutive = consecutive + 1 if NEW in _summaries(client.post(url, json=body)) else 0
+            answered_in = time.monotonic() - started
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join()
+        assert set(statuses) == {200}, statuses
+        assert sum(statuses.values()) > 50
+        assert answered_in < 2.0, f"the new rule answered on every worker after {answered_in:.2f} s"

@@ -1,0 +1,88 @@
+"""Hot reload in-process: a valid change is swapped in whole, an invalid one keeps the last good rules."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rules import BUNDLED_CATALOG
+from service.app import create_app
+from service.reload import reload_rules
+from tests.conftest import running
+
+pytestmark = pytest.mark.anyio
+ADVICE = "adv-self-management-nonspecific.yaml"
+OLD_SUMMARY = (
+    "Self-management: stay active, avoid bed rest, use heat and exercise; safety-net cauda equina symptoms"
+)
+
+
+@pytest.fixture
+def catalog(tmp_path: Path) -> Path:
+    target = tmp_path / "catalog"
+    shutil.copytree(BUNDLED_CATALOG, target)
+    return target
+
+
+def _edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
+
+
+async def test_a_valid_change_is_swapped_in(settings_factory: Any, catalog: Path) -> None:
+    app = create_app(settings_factory(rules_dir=catalog, rules_watch=False))
+    state = app.state.lumbar
+    async with running(app) as client:
+        before = (await client.get("/readyz")).json()["rules"]["version"]
+        _edit(catalog / ADVICE, OLD_SUMMARY, "Self-management: stay active and use heat")
+        assert await reload_rules(state, catalog)
+        ready = (await client.get("/readyz")).json()
+        assert ready["rules"]["version"] != before
+        assert ready["rules"]["reload"] == {
+            "status": "ok",
+            "reloads": 1,
+            "at": ready["rules"]["reload"]["at"],
+        }
+        discovery = (await client.get("/cds-services")).json()
+        assert ready["rules"]["version"] in discovery["services"][0]["usageRequirements"]
+        metrics = (await client.get("/metrics")).text
+    assert 'lumbar_rules_reloads_total{outcome="ok"} 1.0' in metrics
+    assert f'lumbar_rules_info{{version="{ready["rules"]["version"]}"}}' in metrics
+
+
+async def test_an_invalid_change_keeps_the_last_good_rules(settings_factory: Any, catalog: Path) -> None:
+    app = create_app(settings_factory(rules_dir=catalog, rules_watch=False))
+    state = app.state.lumbar
+    async with running(app) as client:
+        before = state.catalogue
+        _edit(catalog / ADVICE, "indicator: info", "indicator: loud")
+        assert not await reload_rules(state, catalog)
+        assert state.catalogue is before
+        ready = (await client.get("/readyz")).json()
+        metrics = (await client.get("/metrics")).text
+    assert ready["status"] == "ready"  # the last good rules still serve
+    reload = ready["rules"]["reload"]
+    assert reload["status"] == "error"
+    assert any(f"{ADVICE}:5:12: error: indicator: 'loud' is not one of" in e for e in reload["errors"])
+    assert "lumbar_rules_reload_failing 1.0" in metrics
+    assert 'lumbar_rules_reloads_total{outcome="error"} 1.0' in metrics
+
+
+async def test_the_watcher_reloads_within_two_seconds(settings_factory: Any, catalog: Path) -> None:
+    app = create_app(settings_factory(rules_dir=catalog))
+    state = app.state.lumbar
+    async with running(app):
+        await asyncio.sleep(0.3)  # the watcher is listening
+        before = state.catalogue.ruleset.version
+        started = time.monotonic()
+        _edit(catalog / ADVICE, OLD_SUMMARY, "Self-management: stay active and keep moving")
+        while state.catalogue.ruleset.version == before:
+            assert time.monotonic() - started < 2.0, "the change was not picked up within 2 seconds"
+            await asyncio.sleep(0.05)
+    assert state.reload.ok
