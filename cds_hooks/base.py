@@ -11,6 +11,9 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
 from pydantic.alias_generators import to_camel
 
+MAX_STRING = 100_000
+"""The longest string any modelled field accepts (hostile input; real FHIR text is far shorter)."""
+
 
 def _is_empty(value: Any) -> bool:
     return value is None or value == "" or value == [] or value == {}
@@ -27,6 +30,7 @@ class StrictCamelModel(BaseModel):
         frozen=True,
         extra="ignore",
         allow_inf_nan=False,
+        str_max_length=MAX_STRING,
     )
 
 

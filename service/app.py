@@ -13,15 +13,17 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from cds_hooks.fhir import FhirAllowlist, FhirClient
+from cds_hooks.jwt import JwksCache
 from rules.engine.ruleset import load_ruleset
 from service import __version__
+from service.auth import load_clients
 from service.catalogue import build_catalogue
 from service.errors import install_error_handlers
 from service.logging import configure_logging
 from service.metrics import Metrics
 from service.middleware import AccessLogMiddleware, BodyLimitMiddleware
 from service.openapi import install_openapi
-from service.reload import watch_rules
+from service.reload import catalogue_fingerprint, watch_rules
 from service.routes import cds, health
 from service.settings import Settings
 from service.state import AppState
@@ -44,13 +46,19 @@ def create_app(
     """
     settings = settings or Settings()
     configure_logging(settings.log_level)
+    fingerprint = catalogue_fingerprint(settings.rules_dir)  # before loading: a change during it is seen
     catalogue = build_catalogue(load_ruleset(settings.rules_dir))
     state = AppState(settings, catalogue, Database(settings.database_url), Metrics())
+    state.reload.fingerprint = fingerprint
+    if settings.auth == "jwt" and settings.clients_file is not None:
+        state.clients = load_clients(settings.clients_file)  # a bad file refuses start-up
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if settings.auth == "off":
             log.warning("authentication is off: every caller is trusted (development only)")
+        elif not state.clients:
+            log.warning("LUMBAR_AUTH=jwt without LUMBAR_CLIENTS_FILE: every CDS Hooks call will be refused")
         await state.database.migrate()
         state.http = httpx.AsyncClient(
             transport=transport,
@@ -58,6 +66,7 @@ def create_app(
             follow_redirects=False,
             limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
         )
+        state.jwks = JwksCache(state.http)
         state.fhir = FhirClient(
             state.http,
             FhirAllowlist(settings.fhir_allowlist),
@@ -93,7 +102,9 @@ def create_app(
     app.include_router(cds.router)
     app.include_router(health.router)
     install_openapi(app, list(catalogue.hooks))
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s
+    )
     wildcard = "*" in settings.cors_origins
     app.add_middleware(
         CORSMiddleware,

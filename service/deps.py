@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import structlog
 from fastapi import Depends, Request
 
+from cds_hooks.jwt import AuthenticationError
+from service.auth import authenticate
 from service.errors import ProblemError
 from service.state import AppState
+
+log = structlog.get_logger("lumbar.auth")
 
 
 def get_state(request: Request) -> AppState:
@@ -18,15 +23,35 @@ def get_state(request: Request) -> AppState:
 State = Annotated[AppState, Depends(get_state)]
 
 
-def authenticate(state: State) -> str | None:
-    """The calling client's issuer; ``None`` when authentication is off.
+async def client_issuer(request: Request, state: State) -> str | None:
+    """The calling client's issuer, from its JWT (CDS Hooks 2.0); ``None`` when authentication is off.
 
-    With ``LUMBAR_AUTH=jwt`` every call is refused until client JWT verification is configured; the
-    security issue replaces this with verification against ``LUMBAR_CLIENTS_FILE``.
+    Every failure is the same bare 401: the caller learns nothing about why. The reason is logged, never the
+    token. If the shared replay store cannot be reached the call is refused with 503 (fail closed).
     """
-    if state.settings.auth == "off":
+    settings = state.settings
+    if settings.auth == "off":
         return None
-    raise ProblemError(401, "authentication required", headers={"WWW-Authenticate": "Bearer"})
+    base = settings.public_base_url or f"{request.url.scheme}://{request.url.netloc}"
+    audience = base + request.url.path
+    assert state.jwks is not None  # set by the lifespan
+    try:
+        return await authenticate(
+            request.headers.get("authorization"),
+            audience,
+            state.clients,
+            state.jwks,
+            state.database.remember_jti,
+        )
+    except AuthenticationError as exc:
+        state.metrics.auth_failures.inc()
+        log.warning("client authentication failed", reason=str(exc), path=request.url.path)
+        raise ProblemError(401, "authentication failed", headers={"WWW-Authenticate": "Bearer"}) from None
+    except Exception as exc:  # noqa: BLE001  # the replay store is down: refuse rather than risk a replay
+        log.error("client authentication unavailable", error=type(exc).__name__)
+        raise ProblemError(
+            503, "authentication unavailable; retry later", headers={"Retry-After": "5"}
+        ) from None
 
 
-Client = Annotated[str | None, Depends(authenticate)]
+Client = Annotated[str | None, Depends(client_issuer)]

@@ -31,6 +31,9 @@ class Metrics:
             "lumbar_fhir_fetch", "Hook calls that had to fetch from the FHIR server", ["outcome"], registry=r
         )
         self.feedback = Counter("lumbar_feedback_items", "Feedback items stored", ["outcome"], registry=r)
+        self.auth_failures = Counter(
+            "lumbar_auth_failures", "Calls refused for client authentication", registry=r
+        )
         self.reloads = Counter("lumbar_rules_reloads", "Rule catalogue reloads", ["outcome"], registry=r)
         self.reload_failing = Gauge(
             "lumbar_rules_reload_failing",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -16,11 +17,13 @@ _QUIET = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 class BodyLimitMiddleware:
-    """Refuse request bodies over ``max_bytes`` with 413, whether announced by Content-Length or streamed."""
+    """Refuse request bodies over ``max_bytes`` with 413, whether announced by Content-Length or streamed, and
+    bodies that take longer than ``timeout_s`` to arrive with 408 (a slow client cannot hold a worker)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float = 10.0) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
@@ -39,17 +42,22 @@ class BodyLimitMiddleware:
         chunks: list[bytes] = []
         size = 0
         more = True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
-                await _reply(send, 413, f"request body larger than {self.max_bytes} bytes")
-                return
-            chunks.append(chunk)
-            more = message.get("more_body", False)
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                while more:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > self.max_bytes:
+                        await _reply(send, 413, f"request body larger than {self.max_bytes} bytes")
+                        return
+                    chunks.append(chunk)
+                    more = message.get("more_body", False)
+        except TimeoutError:
+            await _reply(send, 408, f"request body not received within {self.timeout_s:g} s")
+            return
         body = b"".join(chunks)
         sent = False
 
@@ -64,7 +72,7 @@ class BodyLimitMiddleware:
 
 
 async def _reply(send: Send, status: int, diagnostics: str) -> None:
-    code = "too-costly" if status == 413 else "invalid"
+    code = {413: "too-costly", 408: "timeout"}.get(status, "invalid")
     body = orjson.dumps(operation_outcome(diagnostics, code=code))
     await send(
         {

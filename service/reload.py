@@ -5,12 +5,18 @@ symlink). On a change the whole catalogue is loaded and validated in a thread; a
 current ``Catalogue`` in a single assignment, so a request sees the old rule set or the
 new one, never a mix. An invalid one leaves the last good rule set serving; every error is logged as
 ``path:line:col: error: ...`` and shown on ``/readyz`` and in the metrics.
+
+File-system events can be lost (a change made before the watcher started, a full inotify queue, network
+file systems), so every worker also compares a cheap fingerprint of the directory (names, sizes,
+modification times) every ``RECONCILE_S`` seconds and reloads when it differs from the one last loaded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+import hashlib
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,11 +29,31 @@ from service.catalogue import build_catalogue
 from service.state import AppState
 
 log = structlog.get_logger("lumbar.reload")
+RECONCILE_S = 3.0  # the bound on how late a change missed by the file-system watcher is picked up
+
+
+def catalogue_fingerprint(directory: Path) -> str:
+    """A digest of every file's relative path, size and modification time under ``directory``."""
+    digest = hashlib.blake2b(digest_size=16)
+    try:
+        for path in sorted(directory.rglob("*")):
+            with contextlib.suppress(OSError):  # a file renamed away between listing and stat
+                info = path.stat()
+                digest.update(f"{path.relative_to(directory)}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
+    except OSError as exc:  # the directory itself is gone: a distinct fingerprint, so it gets retried
+        digest.update(f"unreadable: {exc}".encode())
+    return digest.hexdigest()
 
 
 async def reload_rules(state: AppState, directory: Path) -> bool:
     """Load, validate and swap in the catalogue at ``directory``; False (and the old one kept) if invalid."""
+    async with state.reload.lock:  # the watcher and the periodic check never load at the same time
+        return await _reload(state, directory)
+
+
+async def _reload(state: AppState, directory: Path) -> bool:
     status = state.reload
+    status.fingerprint = await asyncio.to_thread(catalogue_fingerprint, directory)
     status.at = datetime.now(UTC).isoformat(timespec="seconds")
     try:
         ruleset = await asyncio.to_thread(load_ruleset, directory)
@@ -65,6 +91,26 @@ async def reload_rules(state: AppState, directory: Path) -> bool:
 
 async def watch_rules(state: AppState, directory: Path, stop: asyncio.Event) -> None:
     """Reload on every change under ``directory`` until ``stop`` is set."""
+    async with asyncio.TaskGroup() as group:
+        group.create_task(_follow_events(state, directory, stop))
+        group.create_task(_reconcile(state, directory, stop))
+
+
+async def _reconcile(state: AppState, directory: Path, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), RECONCILE_S)
+            return
+        try:
+            current = await asyncio.to_thread(catalogue_fingerprint, directory)
+            if current != state.reload.fingerprint:
+                log.info("rule change found by the periodic check")
+                await reload_rules(state, directory)
+        except Exception as exc:  # noqa: BLE001  # keep checking; a broken check must not stop the service
+            log.error("rule reconcile failed", error=f"{type(exc).__name__}: {exc}")
+
+
+async def _follow_events(state: AppState, directory: Path, stop: asyncio.Event) -> None:
     try:
         async for _ in awatch(
             directory,

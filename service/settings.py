@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     fhir_max_pages: int = Field(default=20, ge=1, le=1000)
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["*"])
     max_body_bytes: int = Field(default=5_000_000, ge=1024, le=200_000_000)
+    body_timeout_s: float = Field(default=10.0, gt=0, le=300)  # the whole body must arrive within this
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("fhir_allowlist", "cors_origins", mode="before")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 import httpx
 
 from cds_hooks.fhir import FhirClient
+from cds_hooks.jwt import JwksCache, TrustedClient
 from service.catalogue import Catalogue
 from service.metrics import Metrics
 from service.settings import Settings
@@ -21,6 +23,8 @@ class ReloadStatus:
     at: str | None = None
     errors: list[str] = field(default_factory=list)
     reloads: int = 0
+    fingerprint: str = ""  # of the rules directory as last loaded (or attempted), see service.reload
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
     def to_json(self) -> dict[str, object]:
         out: dict[str, object] = {"status": "ok" if self.ok else "error", "reloads": self.reloads}
@@ -39,4 +43,6 @@ class AppState:
     metrics: Metrics
     http: httpx.AsyncClient | None = None
     fhir: FhirClient | None = None
+    clients: dict[str, TrustedClient] = field(default_factory=dict)  # trusted CDS clients, by issuer
+    jwks: JwksCache | None = None
     reload: ReloadStatus = field(default_factory=ReloadStatus)

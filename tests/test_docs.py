@@ -9,6 +9,7 @@ import pytest
 
 from rules import BUNDLED_CATALOG
 from rules.engine.ruleset import load_ruleset
+from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SEEDS = ROOT.parent / "shared" / "seeds"
@@ -135,3 +136,24 @@ def test_the_guide_error_example_is_what_check_prints(
     assert main(["check", "catalog"]) == 1
     out = capsys.readouterr().out
     assert expected.strip() in out, out
+
+
+def _readme_settings(text: str) -> set[str]:
+    return set(re.findall(r"^\| `(LUMBAR_[A-Z_]+)` \|", text, flags=re.MULTILINE))
+
+
+def test_the_readme_lists_every_setting_and_only_real_ones() -> None:
+    fields = {f"LUMBAR_{name.upper()}" for name in Settings.model_fields}
+    assert _readme_settings((ROOT / "README.md").read_text()) == fields
+
+
+def test_a_setting_missing_from_the_readme_would_be_caught() -> None:
+    text = (ROOT / "README.md").read_text().replace("| `LUMBAR_BODY_TIMEOUT_S` |", "| BODY_TIMEOUT |")
+    assert _readme_settings(text) != {f"LUMBAR_{name.upper()}" for name in Settings.model_fields}
+
+
+def test_the_readme_sandbox_trust_matches_the_example_file() -> None:
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("# docs/examples/sandbox-clients.yaml\n", 1)[1].split("```", 1)[0]
+    example = (ROOT / "docs" / "examples" / "sandbox-clients.yaml").read_text()
+    assert block.strip() in example

@@ -16,7 +16,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from cds_hooks.response import FeedbackItem
-from service.storage.tables import feedback
+from service.storage.tables import feedback, jwt_replay
 
 _MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -42,6 +42,7 @@ class Database:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         self.dialect = parsed.get_backend_name()
         self.engine: AsyncEngine = create_async_engine(url, pool_pre_ping=True)
+        self._inserts = 0
 
     async def migrate(self) -> None:
         """Bring the schema to the newest migration (a no-op when it is there already)."""
@@ -87,6 +88,19 @@ class Database:
         async with self.engine.begin() as connection:
             result = await connection.execute(statement)
         return max(result.rowcount or 0, 0)
+
+    async def remember_jti(self, issuer: str, jti: str, expires_at: int) -> bool:
+        """Record a client JWT id; False if seen before (a replay). Expired ids are purged now and then."""
+        insert = pg_insert if self.dialect == "postgresql" else sqlite_insert
+        statement = insert(jwt_replay).values(issuer=issuer, jti=jti, expires_at=expires_at)
+        statement = statement.on_conflict_do_nothing(index_elements=["issuer", "jti"])
+        async with self.engine.begin() as connection:
+            result = await connection.execute(statement)
+            self._inserts += 1
+            if self._inserts % 500 == 0:
+                now = int(datetime.now(UTC).timestamp())
+                await connection.execute(jwt_replay.delete().where(jwt_replay.c.expires_at < now - 120))
+        return bool(result.rowcount)
 
     async def close(self) -> None:
         await self.engine.dispose()

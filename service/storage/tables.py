@@ -24,3 +24,12 @@ feedback = Table(
     Column("client", String(500), nullable=True),
     Column("received_at", DateTime(timezone=True), nullable=False),
 )
+
+# Client JWT ids seen, until their token expires: a replay is refused by every worker and replica.
+jwt_replay = Table(
+    "jwt_replay",
+    metadata,
+    Column("issuer", String(500), primary_key=True),
+    Column("jti", String(256), primary_key=True),
+    Column("expires_at", Integer, nullable=False, index=True),
+)

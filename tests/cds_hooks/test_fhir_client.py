@@ -27,13 +27,7 @@ TEMPLATES = {
 def _request(server: str | None, prefetch: dict[str, Any] | None = None, token: str | None = None) -> Any:
     body = builders.hook_request(fhir_server=server, prefetch=prefetch)
     if token:
-        body["fhirAuthorization"] = {
-            "access_token": token,
-            "token_type": "Bearer",
-            "expires_in": 60,
-            "scope": "patient/*.read",
-            "subject": "lumbar-cds",
-        }
+        body["fhirAuthorization"] = builders.fhir_authorization(token)
     return parse_hook_request(json.dumps(body))
 
 

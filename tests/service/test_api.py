@@ -145,14 +145,14 @@ async def test_body_limit_is_413(settings_factory: Any) -> None:
 
 async def test_jwt_mode_refuses_every_cds_call_but_not_health(settings_factory: Any) -> None:
     async with running(create_app(settings_factory(auth="jwt"))) as client:
-        _outcome(await client.get("/cds-services"), 401, "authentication required")
+        _outcome(await client.get("/cds-services"), 401, "authentication failed")
         _outcome(
             await client.post(SERVICE, json=builders.hook_request(prefetch={})),
             401,
-            "authentication required",
+            "authentication failed",
         )
         response = await client.post(f"{SERVICE}/feedback", json={})
-        _outcome(response, 401, "authentication required")
+        _outcome(response, 401, "authentication failed")
         assert response.headers["WWW-Authenticate"] == "Bearer"
         assert (await client.get("/healthz")).status_code == 200
 

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from rules import BUNDLED_CATALOG
+from service import reload as reload_module
 from service.app import create_app
 from service.reload import reload_rules
 from tests.conftest import running
@@ -86,3 +87,39 @@ async def test_the_watcher_reloads_within_two_seconds(settings_factory: Any, cat
             assert time.monotonic() - started < 2.0, "the change was not picked up within 2 seconds"
             await asyncio.sleep(0.05)
     assert state.reload.ok
+
+
+async def test_a_change_the_watcher_missed_is_found_by_the_periodic_check(
+    settings_factory: Any, catalog: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A change lands before the worker listens (or inotify drops it): the fingerprint check finds it."""
+    app = create_app(settings_factory(rules_dir=catalog, rules_watch=False))
+    state = app.state.lumbar
+    _edit(catalog / ADVICE, OLD_SUMMARY, "Self-management: stay active and keep moving")  # after loading
+    monkeypatch.setattr(reload_module, "RECONCILE_S", 0.2)
+    async with running(app):
+        before = state.catalogue.ruleset.version
+        stop = asyncio.Event()
+        checker = asyncio.create_task(reload_module._reconcile(state, catalog, stop))
+        started = time.monotonic()
+        while state.catalogue.ruleset.version == before:
+            assert time.monotonic() - started < 3.0, "the periodic check never reloaded"
+            await asyncio.sleep(0.05)
+        reloads = state.reload.reloads
+        await asyncio.sleep(0.6)  # unchanged since: no further reloads
+        assert state.reload.reloads == reloads == 1
+        stop.set()
+        await checker
+
+
+def test_the_fingerprint_sees_content_names_and_removals(catalog: Path) -> None:
+    first = reload_module.catalogue_fingerprint(catalog)
+    assert reload_module.catalogue_fingerprint(catalog) == first
+    (catalog / "extra.yaml").write_text("x")
+    second = reload_module.catalogue_fingerprint(catalog)
+    assert second != first
+    (catalog / "extra.yaml").unlink()
+    assert reload_module.catalogue_fingerprint(catalog) == first
+    _edit(catalog / ADVICE, "indicator: info", "indicator: warn")  # same size, later mtime
+    assert reload_module.catalogue_fingerprint(catalog) != first
+    assert reload_module.catalogue_fingerprint(catalog / "missing") != first

@@ -128,6 +128,29 @@ def hook_request(
     return body
 
 
+# The prefetch keys the bundled patient-view service asks for.
+PATIENT_VIEW_KEYS = (
+    "patient",
+    "conditions",
+    "observations",
+    "procedures",
+    "medications",
+    "servicerequests",
+    "diagnosticreports",
+)
+
+
+def fhir_authorization(access_token: str) -> dict[str, Any]:
+    """A CDS Hooks ``fhirAuthorization`` object as an EHR sends it."""
+    return {
+        "access_token": access_token,
+        "token_type": "Bearer",
+        "expires_in": 300,
+        "scope": "patient/*.read",
+        "subject": "lumbar-cds",
+    }
+
+
 def prefetch_for(resources: list[dict[str, Any]], keys: list[str]) -> dict[str, Any]:
     """Fill every key of a discovery service the way an EHR would: Patient read, searches as Bundles."""
     types = {
