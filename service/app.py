@@ -16,6 +16,7 @@ from cds_hooks.fhir import FhirAllowlist, FhirClient
 from cds_hooks.jwt import JwksCache
 from rules.engine.ruleset import load_ruleset
 from service import __version__
+from service.audit import AuditWriter, PatientPseudonym
 from service.auth import load_clients
 from service.catalogue import build_catalogue
 from service.errors import install_error_handlers
@@ -24,7 +25,7 @@ from service.metrics import Metrics
 from service.middleware import AccessLogMiddleware, BodyLimitMiddleware
 from service.openapi import install_openapi
 from service.reload import catalogue_fingerprint, watch_rules
-from service.routes import cds, health
+from service.routes import admin, cds, health
 from service.settings import Settings
 from service.state import AppState
 from service.storage.database import Database
@@ -60,6 +61,9 @@ def create_app(
         elif not state.clients:
             log.warning("LUMBAR_AUTH=jwt without LUMBAR_CLIENTS_FILE: every CDS Hooks call will be refused")
         await state.database.migrate()
+        state.pseudonym = await _pseudonym(settings, state.database)
+        state.audit = AuditWriter(state.database, state.metrics)
+        state.audit.start()
         state.http = httpx.AsyncClient(
             transport=transport,
             timeout=httpx.Timeout(settings.fhir_timeout_s),
@@ -89,6 +93,7 @@ def create_app(
             if watcher is not None:
                 await watcher
             await state.http.aclose()
+            await state.audit.close()  # everything handed to the audit trail is written before closing
             await state.database.close()
 
     app = FastAPI(
@@ -101,6 +106,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(cds.router)
     app.include_router(health.router)
+    app.include_router(admin.router)
     install_openapi(app, list(catalogue.hooks))
     app.add_middleware(
         BodyLimitMiddleware, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s
@@ -116,6 +122,15 @@ def create_app(
     )
     app.add_middleware(AccessLogMiddleware)
     return app
+
+
+async def _pseudonym(settings: Settings, database: Database) -> PatientPseudonym:
+    """Patient ids in the audit trail: HMAC under LUMBAR_AUDIT_KEY, or under a key kept in the database."""
+    if settings.audit_patient_id != "hash":
+        return PatientPseudonym(settings.audit_patient_id, None)
+    if settings.audit_key is not None:
+        return PatientPseudonym("hash", settings.audit_key.get_secret_value().encode())
+    return PatientPseudonym("hash", await database.secret("audit-patient-key"))
 
 
 def create_app_from_env() -> FastAPI:

@@ -1,4 +1,4 @@
-"""The ``lumbar`` command line: serve, check, test, explain.
+"""The ``lumbar`` command line: serve, check, test, explain, report, purge.
 
 Exit codes: 0 success, 1 rule errors or failing tests, 2 usage errors.
 """
@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import logging
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -196,6 +199,56 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bound(value: str | None, *, end: bool) -> datetime | None:
+    from service.report import parse_bound
+
+    if value is None:
+        return None
+    try:
+        return parse_bound(value, end=end)
+    except ValueError:
+        print(f"error: not a date or date-time: {value!r} (use YYYY-MM-DD or ISO 8601)", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _with_database(work: Any) -> Any:
+    """Run ``work(database)`` on the configured, migrated database, and close it."""
+    from service.storage.database import Database
+
+    settings = _settings()
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # the command's output is the report, not logs
+
+    async def run() -> Any:
+        database = Database(settings.database_url)
+        try:
+            await database.migrate()
+            return await work(database)
+        finally:
+            await database.close()
+
+    return asyncio.run(run())
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from service.report import build_report
+
+    since, until = _bound(args.since, end=False), _bound(args.until, end=True)
+    result = _with_database(lambda db: build_report(db, since=since, until=until, service=args.service))
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        print(result.to_table(), end="")
+    return 0
+
+
+def cmd_purge(args: argparse.Namespace) -> int:
+    days = args.days if args.days is not None else _settings().audit_retention_days
+    before = _bound(args.before, end=False) or datetime.now(UTC) - timedelta(days=days)
+    deleted = _with_database(lambda db: db.purge(before))
+    print(f"purged audit records before {before.isoformat(timespec='seconds')}: " + json.dumps(deleted))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lumbar", description="Lumbar CDS: CDS Hooks decision support for low back pain"
@@ -222,6 +275,17 @@ def build_parser() -> argparse.ArgumentParser:
         "-k", "--rule", action="append", metavar="RULE_ID", help="only this rule (repeatable)"
     )
     explain.set_defaults(func=cmd_explain)
+    report = sub.add_parser("report", help="per-rule statistics from the audit trail and feedback")
+    report.add_argument("--json", action="store_true", help="JSON instead of a table")
+    report.add_argument("--since", metavar="DATE", help="from this date or date-time (UTC)")
+    report.add_argument("--until", metavar="DATE", help="up to this date (inclusive) or date-time")
+    report.add_argument("--service", metavar="ID", help="only this CDS service")
+    report.set_defaults(func=cmd_report)
+    purge = sub.add_parser("purge", help="delete audit records older than the retention period")
+    when = purge.add_mutually_exclusive_group()
+    when.add_argument("--days", type=int, help="keep this many days (default: LUMBAR_AUDIT_RETENTION_DAYS)")
+    when.add_argument("--before", metavar="DATE", help="delete records before this date or date-time")
+    purge.set_defaults(func=cmd_purge)
     return parser
 
 

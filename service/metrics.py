@@ -40,6 +40,11 @@ class Metrics:
             "1 while the last reload was rejected and the previous rules still serve",
             registry=r,
         )
+        self.audit_pending = Gauge("lumbar_audit_pending", "Audit records waiting to be written", registry=r)
+        self.audit_written = Counter("lumbar_audit_written", "Audit records written", registry=r)
+        self.audit_write_failures = Counter(
+            "lumbar_audit_write_failures", "Audit batch writes that failed (and were retried)", registry=r
+        )
         self.ruleset = Gauge("lumbar_rules_info", "The rule set being served", ["version"], registry=r)
 
     def set_ruleset(self, version: str, count: int) -> None:

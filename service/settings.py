@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from rules import BUNDLED_CATALOG
@@ -39,13 +39,20 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=5_000_000, ge=1024, le=200_000_000)
     body_timeout_s: float = Field(default=10.0, gt=0, le=300)  # the whole body must arrive within this
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # The audit trail: how the patient id is kept (a keyed hash, the id itself, or not at all), the hashing
+    # key (generated once and kept in the database when unset), and how long audit rows are kept.
+    audit_patient_id: Literal["hash", "plain", "none"] = "hash"
+    audit_key: SecretStr | None = None
+    audit_retention_days: int = Field(default=365, ge=1, le=36_500)
+    # Bearer token for the /admin endpoints when LUMBAR_AUTH=jwt; unset = the admin endpoints refuse everyone.
+    admin_token: SecretStr | None = None
 
     @field_validator("fhir_allowlist", "cors_origins", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         return _split(value)
 
-    @field_validator("log_level", "auth", mode="before")
+    @field_validator("log_level", "auth", "audit_patient_id", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
@@ -70,6 +77,13 @@ class Settings(BaseSettings):
         if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
             raise ValueError(f"not a base URL: {value!r}")
         return value.rstrip("/")
+
+    @field_validator("audit_key", "admin_token")
+    @classmethod
+    def _long_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters (use a random value)")
+        return value
 
     @field_validator("database_url")
     @classmethod

@@ -9,6 +9,7 @@ import httpx
 
 from cds_hooks.fhir import FhirClient
 from cds_hooks.jwt import JwksCache, TrustedClient
+from service.audit import AuditWriter, PatientPseudonym
 from service.catalogue import Catalogue
 from service.metrics import Metrics
 from service.settings import Settings
@@ -46,3 +47,5 @@ class AppState:
     clients: dict[str, TrustedClient] = field(default_factory=dict)  # trusted CDS clients, by issuer
     jwks: JwksCache | None = None
     reload: ReloadStatus = field(default_factory=ReloadStatus)
+    audit: AuditWriter | None = None  # started by the lifespan
+    pseudonym: PatientPseudonym | None = None  # how patient ids enter the audit trail

@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from rules import BUNDLED_CATALOG
 from rules.engine.ruleset import RuleSet, load_ruleset
 from service.settings import Settings
+from tests.support.databases import throwaway_database
 from tests.support.fhir_server import FhirTestServer
 
 
@@ -35,6 +36,13 @@ def settings_factory(tmp_path: Path) -> Any:
         return Settings(**values)
 
     return make
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The same test on the embedded SQLite default and on a real PostgreSQL (a fresh database each)."""
+    with throwaway_database(request.param, tmp_path) as url:
+        yield url
 
 
 @asynccontextmanager

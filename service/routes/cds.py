@@ -12,9 +12,10 @@ from pydantic import ValidationError
 from starlette.responses import Response
 
 from cds_hooks.errors import PrefetchUnavailable
-from cds_hooks.request import parse_hook_request
+from cds_hooks.request import HookRequest, parse_hook_request
 from cds_hooks.response import FEEDBACK
 from rules.engine.evaluate import Evaluation, evaluate
+from service.audit import AuditRecord, from_evaluation
 from service.deps import Client, State
 from service.errors import ProblemError
 from service.state import AppState
@@ -36,13 +37,15 @@ async def call_service(service_id: str, request: Request, state: State, client: 
     hook = catalogue.hooks.get(service_id)
     if hook is None:
         raise ProblemError(404, f"unknown CDS service {service_id!r}", expression=["id"])
+    audit = _Audit(state, service_id, hook, client, catalogue.ruleset.version, started)
     try:
         hook_request = parse_hook_request(await request.body())
     except ValidationError as exc:
-        state.metrics.hook_calls.labels(service_id, hook, "400").inc()
+        await audit.done(400)
         raise ProblemError.invalid(exc) from None
+    audit.request = hook_request
     if hook_request.hook != hook:
-        state.metrics.hook_calls.labels(service_id, hook, "400").inc()
+        await audit.done(400)
         raise ProblemError(
             400,
             f"hook {hook_request.hook!r} sent to service {service_id!r}, which serves {hook!r}",
@@ -54,9 +57,9 @@ async def call_service(service_id: str, request: Request, state: State, client: 
     try:
         prefetch = await state.fhir.complete_prefetch(hook_request, templates)
     except PrefetchUnavailable as exc:
-        state.metrics.hook_calls.labels(service_id, hook, "412").inc()
         state.metrics.fhir_fetches.labels("failed").inc()
         log.warning("prefetch unavailable", key=exc.key, reason=exc.reason)
+        await audit.done(412)
         raise ProblemError(
             412,
             f"required data unavailable: prefetch {exc.key!r}: {exc.reason}",
@@ -66,8 +69,10 @@ async def call_service(service_id: str, request: Request, state: State, client: 
         state.metrics.fhir_fetches.labels("ok").inc()
         hook_request = hook_request.model_copy(update={"prefetch": prefetch})
     evaluation = evaluate(catalogue.ruleset, hook_request, datetime.now(UTC))
+    body = orjson.dumps(evaluation.response().to_wire())
     _record(state, evaluation, service_id, hook, started)
-    return Response(orjson.dumps(evaluation.response().to_wire()), media_type=JSON)
+    await audit.done(200, evaluation)
+    return Response(body, media_type=JSON)
 
 
 def _record(state: AppState, evaluation: Evaluation, service_id: str, hook: str, started: float) -> None:
@@ -93,6 +98,39 @@ def _record(state: AppState, evaluation: Evaluation, service_id: str, hook: str,
     )
 
 
+class _Audit:
+    """Hands one call's record to the audit trail, whatever its outcome (and counts it in the metrics)."""
+
+    def __init__(
+        self, state: AppState, service_id: str, hook: str, client: str | None, version: str, started: float
+    ) -> None:
+        self.state, self.service_id, self.hook, self.client = state, service_id, hook, client
+        self.version, self.started = version, started
+        self.request: HookRequest | None = None
+
+    async def done(self, status: int, evaluation: Evaluation | None = None) -> None:
+        if status != 200:
+            self.state.metrics.hook_calls.labels(self.service_id, self.hook, str(status)).inc()
+        cards, rules = from_evaluation(evaluation) if evaluation is not None else ((), ())
+        patient = self.request.context.patient_id if self.request is not None else None
+        assert self.state.audit is not None  # set by the lifespan
+        assert self.state.pseudonym is not None
+        await self.state.audit.submit(
+            AuditRecord(
+                service_id=self.service_id,
+                hook=self.hook,
+                status=status,
+                latency_ms=round((time.perf_counter() - self.started) * 1000, 3),
+                ruleset_version=self.version,
+                hook_instance=self.request.hook_instance if self.request is not None else None,
+                client=self.client,
+                patient=self.state.pseudonym(patient),
+                cards=cards,
+                rules=rules,
+            )
+        )
+
+
 @router.post("/cds-services/{service_id}/feedback", tags=["CDS Hooks"], summary="Feedback on cards")
 async def feedback(service_id: str, request: Request, state: State, client: Client) -> Response:
     if service_id not in state.catalogue.hooks:
@@ -101,8 +139,11 @@ async def feedback(service_id: str, request: Request, state: State, client: Clie
         parsed = FEEDBACK.validate_json(await request.body())
     except ValidationError as exc:
         raise ProblemError.invalid(exc) from None
+    assert state.audit is not None  # set by the lifespan
+    pending = {item.card: state.audit.rule_for_card(item.card) for item in parsed.feedback}
+    known = {card: rule for card, rule in pending.items() if rule is not None}
     try:
-        stored = await state.database.store_feedback(service_id, parsed.feedback, client)
+        stored = await state.database.store_feedback(service_id, parsed.feedback, client, known)
     except Exception as exc:  # noqa: BLE001  # not acknowledged, so the client may retry: nothing is lost
         log.error("feedback not stored", error=type(exc).__name__)
         raise ProblemError(

@@ -1,22 +1,32 @@
-"""The database: one async engine per application, migrations at start-up, feedback writes."""
+"""The database: one async engine per application, migrations at start-up, every read and write.
+
+SQLite (the default) runs in WAL mode with ``synchronous=FULL`` and a busy timeout, so several workers can
+write and a commit survives the process being killed; PostgreSQL is used as configured.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import secrets
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, delete, event, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from cds_hooks.response import FeedbackItem
-from service.storage.tables import feedback, jwt_replay
+from service.storage.tables import audit_call, audit_card, audit_rule, feedback, jwt_replay, service_secret
+
+if TYPE_CHECKING:
+    from service.audit import AuditRecord
 
 _MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -33,6 +43,15 @@ def _upgrade(connection: Connection) -> None:
     command.upgrade(config, "head")
 
 
+def _sqlite_pragmas(connection: Any, _: Any) -> None:
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
 class Database:
     """Feedback storage; every write is committed before the caller answers the client."""
 
@@ -42,6 +61,8 @@ class Database:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         self.dialect = parsed.get_backend_name()
         self.engine: AsyncEngine = create_async_engine(url, pool_pre_ping=True)
+        if self.dialect == "sqlite":
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self._inserts = 0
 
     async def migrate(self) -> None:
@@ -58,11 +79,20 @@ class Database:
         return True
 
     async def store_feedback(
-        self, service_id: str, items: tuple[FeedbackItem, ...], client: str | None
+        self,
+        service_id: str,
+        items: tuple[FeedbackItem, ...],
+        client: str | None,
+        rule_ids: dict[str, str] | None = None,
     ) -> int:
-        """Store feedback items in one transaction; returns how many were new (duplicates are skipped)."""
+        """Store feedback items in one transaction; returns how many were new (duplicates are skipped).
+
+        ``rule_ids`` maps card uuids to the rule that owns the card, where the caller knows it already.
+        """
         now = datetime.now(UTC)
-        rows = []
+        rule_ids = dict(rule_ids or {})
+        unknown = {item.card for item in items} - set(rule_ids)
+        rows: list[dict[str, Any]] = []
         for item in items:
             wire = item.to_wire()
             key = hashlib.sha256(json.dumps([service_id, wire], sort_keys=True).encode()).hexdigest()
@@ -84,8 +114,12 @@ class Database:
                 }
             )
         insert = pg_insert if self.dialect == "postgresql" else sqlite_insert
-        statement = insert(feedback).values(rows).on_conflict_do_nothing(index_elements=["dedup_key"])
         async with self.engine.begin() as connection:
+            if unknown:
+                rule_ids.update(await self._card_rules(connection, unknown))
+            for row in rows:
+                row["rule_id"] = rule_ids.get(row["card_uuid"])
+            statement = insert(feedback).values(rows).on_conflict_do_nothing(index_elements=["dedup_key"])
             result = await connection.execute(statement)
         return max(result.rowcount or 0, 0)
 
@@ -101,6 +135,102 @@ class Database:
                 now = int(datetime.now(UTC).timestamp())
                 await connection.execute(jwt_replay.delete().where(jwt_replay.c.expires_at < now - 120))
         return bool(result.rowcount)
+
+    @staticmethod
+    async def _card_rules(connection: Any, card_uuids: set[str]) -> dict[str, str]:
+        query = select(audit_card.c.card_uuid, audit_card.c.rule_id).where(
+            audit_card.c.card_uuid.in_(sorted(card_uuids))
+        )
+        return {row.card_uuid: row.rule_id for row in await connection.execute(query)}
+
+    async def write_audit(self, records: Sequence[AuditRecord]) -> None:
+        """Write audit records in one transaction (one already written is skipped: retries are safe)."""
+        insert = pg_insert if self.dialect == "postgresql" else sqlite_insert
+        calls = [
+            {
+                "call_id": r.call_id,
+                "hook_instance": r.hook_instance,
+                "service_id": r.service_id,
+                "hook": r.hook,
+                "client": r.client,
+                "patient": r.patient,
+                "ruleset_version": r.ruleset_version,
+                "status": r.status,
+                "latency_ms": r.latency_ms,
+                "created_at": r.created_at,
+            }
+            for r in records
+        ]
+        async with self.engine.begin() as connection:
+            existing = set(
+                (
+                    await connection.execute(
+                        select(audit_call.c.call_id).where(
+                            audit_call.c.call_id.in_([c["call_id"] for c in calls])
+                        )
+                    )
+                ).scalars()
+            )
+            fresh = [r for r in records if r.call_id not in existing]
+            if not fresh:
+                return
+            await connection.execute(insert(audit_call), [c for c in calls if c["call_id"] not in existing])
+            cards = [
+                {
+                    "call_id": r.call_id,
+                    "card_uuid": card.card_uuid,
+                    "rule_id": card.rule_id,
+                    "indicator": card.indicator,
+                    "suggestions": json.dumps(list(card.suggestions)) if card.suggestions else None,
+                }
+                for r in fresh
+                for card in r.cards
+            ]
+            if cards:
+                await connection.execute(insert(audit_card), cards)
+            rules = [
+                {
+                    "call_id": r.call_id,
+                    "rule_id": rule.rule_id,
+                    "outcome": rule.outcome,
+                    "detail": rule.detail,
+                }
+                for r in fresh
+                for rule in r.rules
+            ]
+            if rules:
+                await connection.execute(insert(audit_rule), rules)
+
+    async def secret(self, name: str, nbytes: int = 32) -> bytes:
+        """A random secret shared by every worker and replica: made by the first to ask, read by the rest."""
+        insert = pg_insert if self.dialect == "postgresql" else sqlite_insert
+        candidate = secrets.token_hex(nbytes)
+        async with self.engine.begin() as connection:
+            await connection.execute(
+                insert(service_secret)
+                .values(name=name, value=candidate)
+                .on_conflict_do_nothing(index_elements=["name"])
+            )
+            value = (
+                await connection.execute(select(service_secret.c.value).where(service_secret.c.name == name))
+            ).scalar_one()
+        return bytes.fromhex(value)
+
+    async def purge(self, before: datetime) -> dict[str, int]:
+        """Delete audit records older than ``before`` and expired JWT ids; the rows deleted per table."""
+        old_calls = select(audit_call.c.call_id).where(audit_call.c.created_at < before)
+        async with self.engine.begin() as connection:
+            cards = await connection.execute(delete(audit_card).where(audit_card.c.call_id.in_(old_calls)))
+            rules = await connection.execute(delete(audit_rule).where(audit_rule.c.call_id.in_(old_calls)))
+            calls = await connection.execute(delete(audit_call).where(audit_call.c.created_at < before))
+            now = int(datetime.now(UTC).timestamp())
+            jtis = await connection.execute(delete(jwt_replay).where(jwt_replay.c.expires_at < now - 120))
+        return {
+            "audit_call": calls.rowcount or 0,
+            "audit_card": cards.rowcount or 0,
+            "audit_rule": rules.rowcount or 0,
+            "jwt_replay": jtis.rowcount or 0,
+        }
 
     async def close(self) -> None:
         await self.engine.dispose()

@@ -26,6 +26,15 @@ def live_service(
     env: dict[str, str], *, workers: int = 1, log: Path | None = None, ready_timeout: float = 30.0
 ) -> Iterator[str]:
     """Yield the base URL of a running service; the process is terminated afterwards."""
+    with live_process(env, workers=workers, log=log, ready_timeout=ready_timeout) as (base, _):
+        yield base
+
+
+@contextmanager
+def live_process(
+    env: dict[str, str], *, workers: int = 1, log: Path | None = None, ready_timeout: float = 30.0
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Yield the base URL and the process of a running service (in its own process group)."""
     port = free_port()
     full_env = {**os.environ, "LUMBAR_AUTH": "off", **env}
     output = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115  # closed below
@@ -34,6 +43,7 @@ def live_service(
         env=full_env,
         stdout=output,
         stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: a test can kill the master and its workers at once
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -49,7 +59,7 @@ def live_service(
             if time.monotonic() > deadline:
                 raise RuntimeError("the service did not become ready")
             time.sleep(0.1)
-        yield base
+        yield base, process
     finally:
         process.terminate()
         try:

@@ -1,0 +1,300 @@
+"""Storage on both backends: feedback, the audit trail and its writer, secrets, purge, the report, migrations.
+
+Every test here runs twice, on the embedded SQLite default and on a fresh PostgreSQL database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from alembic import command
+from sqlalchemy import func, inspect, select
+
+from cds_hooks.response import FEEDBACK, FeedbackItem
+from service.audit import AuditCard, AuditRecord, AuditRule, AuditWriter, PatientPseudonym
+from service.metrics import Metrics
+from service.report import UNKNOWN_CARD, build_report, parse_bound
+from service.storage.database import Database, _alembic_config
+from service.storage.tables import audit_call, audit_card, audit_rule, feedback
+
+pytestmark = pytest.mark.anyio
+T0 = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[Database]:
+    database = Database(database_url)
+    await database.migrate()
+    try:
+        yield database
+    finally:
+        await database.close()
+
+
+def _items(*items: dict[str, Any]) -> tuple[FeedbackItem, ...]:
+    return FEEDBACK.validate_json(json.dumps({"feedback": list(items)})).feedback
+
+
+def accepted(card: str, suggestion: str = "s-1") -> dict[str, Any]:
+    return {
+        "card": card,
+        "outcome": "accepted",
+        "acceptedSuggestions": [{"id": suggestion}],
+        "outcomeTimestamp": "2026-11-01T09:05:00Z",
+    }
+
+
+def overridden(card: str, display: str | None, code: str = "other") -> dict[str, Any]:
+    reason: dict[str, Any] = {"reason": {"code": code, "system": "http://example.org/override"}}
+    if display:
+        reason["reason"]["display"] = display
+    reason["userComment"] = "seen by the team"
+    return {
+        "card": card,
+        "outcome": "overridden",
+        "overrideReason": reason,
+        "outcomeTimestamp": "2026-11-01T09:06:00Z",
+    }
+
+
+def call(
+    *cards: tuple[str, str],
+    fired: Sequence[str] = (),
+    suppressed: Sequence[str] = (),
+    at: datetime = T0,
+    service: str = "lumbar-patient-view",
+) -> AuditRecord:
+    return AuditRecord(
+        service_id=service,
+        hook="patient-view",
+        status=200,
+        latency_ms=3.2,
+        ruleset_version="v1",
+        hook_instance="hi-1",
+        client="https://ehr.example.org",
+        patient="hmac-sha256:ab",
+        cards=tuple(AuditCard(uuid, rule, "critical", ("s-1",)) for uuid, rule in cards),
+        rules=tuple(AuditRule(r, "fired") for r in fired)
+        + tuple(AuditRule(r, "suppressed", "rf-cauda-equina") for r in suppressed),
+        created_at=at,
+    )
+
+
+async def _count(db: Database, table: Any) -> int:
+    async with db.engine.connect() as connection:
+        return int((await connection.execute(select(func.count()).select_from(table))).scalar_one())
+
+
+async def test_feedback_is_stored_once_and_linked_to_its_rule(db: Database) -> None:
+    await db.write_audit([call(("card-a", "rf-cauda-equina"), fired=["rf-cauda-equina"])])
+    items = _items(accepted("card-a"), overridden("card-b", "Already done"))
+    assert await db.store_feedback("lumbar-patient-view", items, "https://ehr.example.org") == 2
+    assert await db.store_feedback("lumbar-patient-view", items, "https://ehr.example.org") == 0  # a retry
+    async with db.engine.connect() as connection:
+        rows = (await connection.execute(select(feedback).order_by(feedback.c.card_uuid))).mappings().all()
+    assert [(r["card_uuid"], r["outcome"], r["rule_id"]) for r in rows] == [
+        ("card-a", "accepted", "rf-cauda-equina"),
+        ("card-b", "overridden", None),  # a card the audit trail has not seen
+    ]
+    assert rows[1]["override_display"] == "Already done"
+    assert rows[1]["user_comment"] == "seen by the team"
+    assert json.loads(rows[0]["accepted_suggestions"]) == ["s-1"]
+
+
+async def test_a_rule_known_to_the_caller_is_used(db: Database) -> None:
+    items = _items(accepted("card-x"))
+    await db.store_feedback("lumbar-patient-view", items, None, {"card-x": "test-mri-urgent"})
+    async with db.engine.connect() as connection:
+        assert (await connection.execute(select(feedback.c.rule_id))).scalar_one() == "test-mri-urgent"
+
+
+async def test_writing_the_same_audit_record_twice_keeps_one(db: Database) -> None:
+    record = call(("card-a", "rf-cauda-equina"), fired=["rf-cauda-equina", "test-mri-urgent"])
+    await db.write_audit([record])
+    await db.write_audit([record, call(("card-b", "adv-x"))])
+    assert await _count(db, audit_call) == 2
+    assert await _count(db, audit_card) == 2
+    assert await _count(db, audit_rule) == 2
+
+
+async def test_the_generated_secret_is_shared(db: Database, database_url: str) -> None:
+    first = await db.secret("audit-patient-key")
+    other = Database(database_url)
+    try:
+        assert await other.secret("audit-patient-key") == first
+    finally:
+        await other.close()
+    assert len(first) == 32
+    assert await db.secret("another") != first
+
+
+async def test_purge_removes_old_audit_records_only(db: Database) -> None:
+    now = datetime.now(UTC)
+    await db.write_audit(
+        [
+            call(("old", "rf-cauda-equina"), fired=["rf-cauda-equina"], at=now - timedelta(days=400)),
+            call(("new", "rf-cauda-equina"), fired=["rf-cauda-equina"], at=now - timedelta(days=2)),
+        ]
+    )
+    await db.remember_jti("iss", "expired", int(now.timestamp()) - 3600)
+    await db.remember_jti("iss", "live", int(now.timestamp()) + 3600)
+    deleted = await db.purge(now - timedelta(days=365))
+    assert deleted == {"audit_call": 1, "audit_card": 1, "audit_rule": 1, "jwt_replay": 1}
+    async with db.engine.connect() as connection:
+        assert (await connection.execute(select(audit_card.c.card_uuid))).scalars().all() == ["new"]
+    assert await db.remember_jti("iss", "live", int(now.timestamp()) + 3600) is False  # still remembered
+
+
+async def test_the_report_counts_per_rule(db: Database) -> None:
+    await db.write_audit(
+        [
+            call(("c1", "rf-cauda-equina"), fired=["rf-cauda-equina"], suppressed=["adv-self-management"]),
+            call(("c2", "rf-cauda-equina"), ("c3", "test-xray"), fired=["rf-cauda-equina", "test-xray"]),
+            call(
+                ("c4", "test-xray"),
+                fired=["test-xray"],
+                at=T0 + timedelta(days=3),
+                service="lumbar-order-select",
+            ),
+        ]
+    )
+    items = _items(
+        accepted("c1"),
+        accepted("c1", "s-2"),  # the same card accepted twice counts once
+        overridden("c2", "Patient declined"),
+        overridden("c3", "Already imaged"),
+        overridden("c4", "Already imaged"),
+        overridden("c4", None, code="not-indicated"),
+        accepted("ghost"),
+    )
+    await db.store_feedback("lumbar-patient-view", items[:4], None)
+    await db.store_feedback("lumbar-order-select", items[4:], None)
+
+    report = await build_report(db)
+    by_rule = {r.rule_id: r for r in report.rules}
+    assert report.calls == 3
+    assert [r.rule_id for r in report.rules][:2] == ["rf-cauda-equina", "test-xray"]
+    cauda = by_rule["rf-cauda-equina"]
+    assert (cauda.fired, cauda.cards, cauda.accepted, cauda.overridden) == (2, 2, 1, 1)
+    assert cauda.acceptance_rate == 0.5
+    assert cauda.override_reasons == [("Patient declined", 1)]
+    xray = by_rule["test-xray"]
+    assert (xray.fired, xray.cards, xray.accepted, xray.overridden) == (2, 2, 0, 2)
+    assert xray.override_reasons == [("Already imaged", 2), ("not-indicated", 1)]
+    assert xray.acceptance_rate == 0.0
+    assert by_rule["adv-self-management"].suppressed == 1
+    assert by_rule["adv-self-management"].acceptance_rate is None
+    assert by_rule[UNKNOWN_CARD].accepted == 1
+
+    only = await build_report(db, service="lumbar-order-select")
+    assert {r.rule_id: (r.fired, r.overridden, r.accepted) for r in only.rules} == {
+        "test-xray": (1, 1, 0),
+        UNKNOWN_CARD: (0, 0, 1),
+    }
+    window = await build_report(db, since=T0 + timedelta(days=1), until=T0 + timedelta(days=5))
+    assert window.calls == 1
+    assert {r.rule_id: r.fired for r in window.rules if r.fired} == {"test-xray": 1}
+
+
+async def test_a_wrong_expectation_about_the_report_fails(db: Database) -> None:
+    await db.write_audit([call(("c1", "rf-cauda-equina"), fired=["rf-cauda-equina"])])
+    report = await build_report(db)
+    with pytest.raises(AssertionError):
+        assert report.rules[0].fired == 2
+
+
+def test_report_bounds() -> None:
+    assert parse_bound("2026-11-01", end=False) == datetime(2026, 11, 1, tzinfo=UTC)
+    assert parse_bound("2026-11-01", end=True) == datetime(2026, 11, 2, tzinfo=UTC)  # the whole day
+    assert parse_bound("2026-11-01T10:00:00+01:00", end=True) == datetime(2026, 11, 1, 9, tzinfo=UTC)
+    with pytest.raises(ValueError, match="Invalid isoformat"):
+        parse_bound("last week", end=False)
+
+
+class FlakyDatabase(Database):
+    """A real database that refuses the first ``failures`` audit writes (an outage)."""
+
+    def __init__(self, url: str, failures: int) -> None:
+        super().__init__(url)
+        self.failures = failures
+
+    async def write_audit(self, records: Sequence[AuditRecord]) -> None:
+        if self.failures > 0:
+            self.failures -= 1
+            raise ConnectionError("database unavailable")
+        await super().write_audit(records)
+
+
+async def test_the_writer_batches_and_flushes_on_close(db: Database) -> None:
+    writer = AuditWriter(db, Metrics(), interval_s=60, batch_size=1000)
+    writer.start()
+    for i in range(25):
+        await writer.submit(call((f"c{i}", "rf-cauda-equina")))
+    assert await _count(db, audit_call) == 0  # nothing written on the request path
+    assert writer.rule_for_card("c7") == "rf-cauda-equina"
+    await writer.close()
+    assert await _count(db, audit_call) == 25
+
+
+async def test_a_full_batch_is_written_without_waiting_for_the_interval(db: Database) -> None:
+    writer = AuditWriter(db, Metrics(), interval_s=60, batch_size=10)
+    writer.start()
+    for i in range(10):
+        await writer.submit(call((f"c{i}", "rf-cauda-equina")))
+    for _ in range(100):
+        if await _count(db, audit_call) == 10:
+            break
+        await asyncio.sleep(0.02)
+    assert await _count(db, audit_call) == 10
+    await writer.close()
+
+
+async def test_an_outage_loses_nothing_and_applies_back_pressure(database_url: str) -> None:
+    db = FlakyDatabase(database_url, failures=3)
+    await db.migrate()
+    metrics = Metrics()
+    writer = AuditWriter(db, metrics, interval_s=0.05, batch_size=5, max_pending=5)
+    writer.start()
+    try:
+        started = asyncio.get_running_loop().time()
+        for i in range(12):
+            await writer.submit(call((f"c{i}", "rf-cauda-equina")))
+        waited = asyncio.get_running_loop().time() - started
+        await writer.close()
+        assert await _count(db, audit_call) == 12
+        assert metrics.audit_write_failures._value.get() == 3
+        assert waited > 0.1  # submitters waited for the database to come back instead of piling up
+    finally:
+        await db.close()
+
+
+async def test_patient_ids_are_pseudonymised_as_configured() -> None:
+    hashed = PatientPseudonym("hash", b"k" * 32)
+    assert hashed("pat-45") == hashed("pat-45")
+    assert hashed("pat-45") != PatientPseudonym("hash", b"j" * 32)("pat-45")
+    assert hashed("pat-45") is not None
+    assert "pat-45" not in hashed("pat-45")
+    assert PatientPseudonym("plain", None)("pat-45") == "pat-45"
+    assert PatientPseudonym("none", None)("pat-45") is None
+    with pytest.raises(ValueError, match="key"):
+        PatientPseudonym("hash", None)
+
+
+async def test_migrations_go_down_and_up_again(db: Database) -> None:
+    def down_and_up(connection: Any) -> list[str]:
+        config = _alembic_config()
+        config.attributes["connection"] = connection
+        command.downgrade(config, "base")
+        empty = [t for t in inspect(connection).get_table_names() if t != "alembic_version"]
+        command.upgrade(config, "head")
+        return empty
+
+    async with db.engine.begin() as connection:
+        assert await connection.run_sync(down_and_up) == []
+        tables = await connection.run_sync(lambda c: set(inspect(c).get_table_names()))
+    assert {"feedback", "jwt_replay", "audit_call", "audit_card", "audit_rule", "service_secret"} <= tables
