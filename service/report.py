@@ -105,7 +105,7 @@ class Report:
             "  ".join([*(cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)), row[-1]])
             for row in rows
         ]
-        period = f"{_show(self.since)} to {_show(self.until)}"
+        period = f"{_show(self.since, 'the beginning')} to {_show(self.until, 'now')}"
         scope = f"service {self.service}" if self.service else "all services"
         title = f"Lumbar CDS rule report: {period}, {scope}, {self.calls} hook calls"
         if not self.rules:
@@ -113,8 +113,8 @@ class Report:
         return title + "\n" + "\n".join(line.rstrip() for line in lines) + "\n"
 
 
-def _show(moment: datetime | None) -> str:
-    return moment.isoformat(timespec="seconds") if moment else "the beginning"
+def _show(moment: datetime | None, otherwise: str) -> str:
+    return moment.isoformat(timespec="seconds") if moment else otherwise
 
 
 def parse_bound(value: str, *, end: bool) -> datetime:

@@ -181,7 +181,7 @@ async def test_cors_restricted_origins(settings_factory: Any) -> None:
     assert "access-control-allow-origin" not in other.headers
 
 
-async def test_feedback_is_stored_once(settings_factory: Any, tmp_path: Path) -> None:
+async def test_feedback_is_stored_once(settings_factory: Any, database_url: str) -> None:
     item = {
         "card": "9b3c6a1e-0000-4000-8000-000000000001",
         "outcome": "overridden",
@@ -201,13 +201,13 @@ async def test_feedback_is_stored_once(settings_factory: Any, tmp_path: Path) ->
         "acceptedSuggestions": [{"id": "s-1"}],
         "outcomeTimestamp": "2026-11-21T10:06:00Z",
     }
-    async with running(create_app(settings_factory())) as client:
+    async with running(create_app(settings_factory(database_url=database_url))) as client:
         first = await client.post(f"{SERVICE}/feedback", json={"feedback": [item, accepted]})
         again = await client.post(f"{SERVICE}/feedback", json={"feedback": [item]})
         bad = await client.post(f"{SERVICE}/feedback", json={"feedback": [{**item, "outcome": "ignored"}]})
     assert (first.status_code, again.status_code) == (200, 200)
     _outcome(bad, 400, "feedback[0].outcome")
-    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path}/lumbar.db")
+    engine = create_async_engine(database_url)
     async with engine.connect() as connection:
         rows = (
             await connection.execute(

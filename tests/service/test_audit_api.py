@@ -114,6 +114,7 @@ async def test_every_call_is_audited_and_feedback_is_linked_to_its_rule(
     assert (rules[other_rule]["overridden"], rules[other_rule]["acceptance_rate"]) == (1, 0.0)
     assert rules[other_rule]["override_reasons"] == [{"reason": "Already managed", "count": 1}]
     assert critical_rule in table
+    assert table.startswith("Lumbar CDS rule report: the beginning to now, all services, 3 hook calls\n")
     assert "Already managed (1)" in table
 
 
