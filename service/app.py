@@ -95,6 +95,7 @@ def create_app(
             await state.http.aclose()
             await state.audit.close()  # everything handed to the audit trail is written before closing
             await state.database.close()
+            state.metrics.worker_stopped()
 
     app = FastAPI(
         title="Lumbar CDS",

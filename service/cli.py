@@ -9,7 +9,10 @@ import argparse
 import asyncio
 import json
 import logging
+import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -162,6 +165,29 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def _metrics_directory() -> str | None:
+    """Give the workers a shared, empty metrics directory (multiprocess Prometheus), unless one is set.
+
+    Returns the directory it created (to remove after the server stops), or None.
+
+    It must be set before any worker imports prometheus_client; a directory named by the operator is emptied
+    of the previous run's files, as the client library requires.
+    """
+    directory = os.environ.get(MULTIPROC_ENV)  # service.metrics is not imported here: see above
+    if directory:
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):
+            stale.unlink()
+        return None
+    created = tempfile.mkdtemp(prefix="lumbar-metrics-")
+    os.environ[MULTIPROC_ENV] = created
+    return created
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -183,19 +209,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
             await database.close()
 
     asyncio.run(migrate())  # once, before any worker starts
-    uvicorn.run(
-        "service.app:create_app_from_env",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_config=None,
-        proxy_headers=False,
-        timeout_keep_alive=5,
-    )
+    created = _metrics_directory()
+    try:
+        uvicorn.run(
+            "service.app:create_app_from_env",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            loop="uvloop",
+            http="httptools",
+            access_log=False,
+            log_config=None,
+            proxy_headers=False,
+            timeout_keep_alive=5,
+        )
+    finally:
+        if created:
+            shutil.rmtree(created, ignore_errors=True)
     return 0
 
 

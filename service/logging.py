@@ -7,6 +7,7 @@ rendering, whatever code tried to log them.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import MutableMapping
 from typing import Any
@@ -23,6 +24,11 @@ def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[
     return event
 
 
+def _worker(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    event["pid"] = os.getpid()  # which worker: several share one log stream
+    return event
+
+
 def configure_logging(level: str = "info") -> None:
     """JSON lines on stdout for structlog and for the standard library (uvicorn, httpx)."""
     numeric = getattr(logging, level.upper(), logging.INFO)
@@ -31,6 +37,7 @@ def configure_logging(level: str = "info") -> None:
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,
+        _worker,
         _redact,
     ]
     structlog.configure(

@@ -1,10 +1,24 @@
-"""Prometheus metrics of one application instance (its own registry, so tests can build many apps)."""
+"""Prometheus metrics of one application instance (its own registry, so tests can build many apps).
+
+With several workers (``lumbar serve --workers N``) every worker writes its values to memory-mapped files in
+``PROMETHEUS_MULTIPROC_DIR`` (``lumbar serve`` sets one up before the workers start), and ``/metrics``,
+whichever worker answers it, adds up all workers: the counts are the service's, not one worker's. Gauges say
+how they combine across workers (``multiprocess_mode``); a stopped worker's live gauges are removed.
+"""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiprocess_dir() -> str | None:
+    """The shared metrics directory when the service runs in multiprocess mode."""
+    return os.environ.get(MULTIPROC_ENV) or None
 
 
 @dataclass
@@ -30,6 +44,13 @@ class Metrics:
         self.fhir_fetches = Counter(
             "lumbar_fhir_fetch", "Hook calls that had to fetch from the FHIR server", ["outcome"], registry=r
         )
+        self.fhir_latency = Histogram(
+            "lumbar_fhir_fetch_seconds",
+            "Time spent fetching missing prefetch data from the FHIR server",
+            ["outcome"],
+            registry=r,
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10),
+        )
         self.feedback = Counter("lumbar_feedback_items", "Feedback items stored", ["outcome"], registry=r)
         self.auth_failures = Counter(
             "lumbar_auth_failures", "Calls refused for client authentication", registry=r
@@ -39,17 +60,53 @@ class Metrics:
             "lumbar_rules_reload_failing",
             "1 while the last reload was rejected and the previous rules still serve",
             registry=r,
+            multiprocess_mode="livemax",
         )
-        self.audit_pending = Gauge("lumbar_audit_pending", "Audit records waiting to be written", registry=r)
+        self.reload_error_time = Gauge(
+            "lumbar_rules_last_reload_error_timestamp_seconds",
+            "When a rule reload was last rejected (Unix time)",
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self.audit_pending = Gauge(
+            "lumbar_audit_pending",
+            "Audit records waiting to be written",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.audit_written = Counter("lumbar_audit_written", "Audit records written", registry=r)
         self.audit_write_failures = Counter(
             "lumbar_audit_write_failures", "Audit batch writes that failed (and were retried)", registry=r
         )
-        self.ruleset = Gauge("lumbar_rules_info", "The rule set being served", ["version"], registry=r)
+        self.ruleset = Gauge(
+            "lumbar_rules_info",
+            "The rule set being served: its rule count, labelled with its version",
+            ["version"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self._version: str | None = None
 
     def set_ruleset(self, version: str, count: int) -> None:
-        self.ruleset.clear()
+        if self._version is not None and self._version != version:
+            if multiprocess_dir():  # a value file cannot be removed: the old version reads 0
+                self.ruleset.labels(self._version).set(0)
+            else:
+                self.ruleset.remove(self._version)
+        self._version = version
         self.ruleset.labels(version).set(count)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """The text exposition: this instance's registry, or every worker's values in multiprocess mode."""
+        directory = multiprocess_dir()
+        if directory is None:
+            return generate_latest(self.registry)
+        combined = CollectorRegistry()
+        multiprocess.MultiProcessCollector(combined, path=directory)  # type: ignore[no-untyped-call]
+        return generate_latest(combined)
+
+    @staticmethod
+    def worker_stopped() -> None:
+        """Drop this worker's live gauges from the shared directory (call at shutdown)."""
+        if multiprocess_dir():
+            multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]

@@ -62,6 +62,7 @@ async def _reload(state: AppState, directory: Path) -> bool:
         status.errors = [d.render() for d in exc.diagnostics]
         state.metrics.reloads.labels("error").inc()
         state.metrics.reload_failing.set(1)
+        state.metrics.reload_error_time.set_to_current_time()
         for diagnostic in exc.diagnostics:
             log.error("rule reload rejected", diagnostic=diagnostic.render())
         return False
@@ -70,6 +71,7 @@ async def _reload(state: AppState, directory: Path) -> bool:
         status.errors = [f"{directory}: {exc}"]
         state.metrics.reloads.labels("error").inc()
         state.metrics.reload_failing.set(1)
+        state.metrics.reload_error_time.set_to_current_time()
         log.error("rule reload failed", error=str(exc))
         return False
     status.ok, status.errors = True, []

@@ -54,10 +54,12 @@ async def call_service(service_id: str, request: Request, state: State, client: 
     structlog.contextvars.bind_contextvars(hookInstance=hook_request.hook_instance, service=service_id)
     templates = catalogue.templates(hook)
     assert state.fhir is not None  # set by the lifespan
+    fetch_started = time.perf_counter()
     try:
         prefetch = await state.fhir.complete_prefetch(hook_request, templates)
     except PrefetchUnavailable as exc:
         state.metrics.fhir_fetches.labels("failed").inc()
+        state.metrics.fhir_latency.labels("failed").observe(time.perf_counter() - fetch_started)
         log.warning("prefetch unavailable", key=exc.key, reason=exc.reason)
         await audit.done(412)
         raise ProblemError(
@@ -67,6 +69,7 @@ async def call_service(service_id: str, request: Request, state: State, client: 
         ) from None
     if prefetch is not hook_request.prefetch:
         state.metrics.fhir_fetches.labels("ok").inc()
+        state.metrics.fhir_latency.labels("ok").observe(time.perf_counter() - fetch_started)
         hook_request = hook_request.model_copy(update={"prefetch": prefetch})
     evaluation = evaluate(catalogue.ruleset, hook_request, datetime.now(UTC))
     body = orjson.dumps(evaluation.response().to_wire())

@@ -278,3 +278,13 @@ def test_invalid_catalogue_refuses_to_start(settings_factory: Any, tmp_path: Pat
     (tmp_path / "rules").mkdir()
     with pytest.raises(RuleSetError):
         create_app(settings_factory(rules_dir=tmp_path / "rules"))
+
+
+def test_every_middleware_is_pure_asgi(settings_factory: Any) -> None:
+    """No BaseHTTPMiddleware (it halves throughput, spec/stack.md): each one is a plain ASGI callable."""
+    from starlette.middleware.base import BaseHTTPMiddleware
+
+    app = create_app(settings_factory())
+    classes = [middleware.cls for middleware in app.user_middleware]
+    assert len(classes) >= 3
+    assert not [cls for cls in classes if isinstance(cls, type) and issubclass(cls, BaseHTTPMiddleware)]

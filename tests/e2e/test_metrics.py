@@ -1,0 +1,54 @@
+"""/metrics with several workers: whichever worker answers, the counts are the whole service's."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support import builders
+from tests.support.live import live_service
+
+pytestmark = pytest.mark.e2e
+SERVICE = "/cds-services/lumbar-patient-view"
+CALLS = 40
+
+
+def _hook_calls(text: str) -> float:
+    pattern = (
+        r'^lumbar_hook_calls_total\{hook="patient-view",service="lumbar-patient-view",status="200"\} (\S+)$'
+    )
+    match = re.search(pattern, text, flags=re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_metrics_add_up_every_worker(tmp_path: Path) -> None:
+    log = tmp_path / "service.log"
+    env = {"LUMBAR_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/db.sqlite"}
+    body = builders.hook_request(
+        prefetch=builders.prefetch_for(
+            builders.lbp_patient_with_retention(), list(builders.PATIENT_VIEW_KEYS)
+        )
+    )
+    with live_service(env, workers=2, log=log) as base:
+        for _ in range(CALLS):  # a new connection each time, so both workers take calls
+            assert httpx.post(base + SERVICE, json=body, headers={"Connection": "close"}).status_code == 200
+        scrapes = [httpx.get(base + "/metrics", headers={"Connection": "close"}).text for _ in range(6)]
+    pids = {
+        entry["pid"]
+        for entry in map(json.loads, log.read_text().splitlines())
+        if entry.get("event") == "hook call"
+    }
+    assert len(pids) == 2, "one worker took every call; the test proves nothing"
+    assert [_hook_calls(text) for text in scrapes] == [float(CALLS)] * 6
+    assert 'lumbar_hook_latency_seconds_count{service="lumbar-patient-view"} 40.0' in scrapes[0]
+    assert 'lumbar_rules_fired_total{rule="rf-ces-sphincter-disturbance"} 40.0' in scrapes[0]
+    assert "lumbar_rules_reload_failing 0.0" in scrapes[0]
+
+
+def test_a_wrong_count_would_be_caught() -> None:
+    text = 'lumbar_hook_calls_total{hook="patient-view",service="lumbar-patient-view",status="200"} 20.0\n'
+    assert _hook_calls(text) != float(CALLS)
