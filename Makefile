@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: run test lint rules-test fmt schema clean
+.PHONY: run test lint rules-test fmt schema clean bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ rules-test: $(VENV)/.stamp-test
 
 test: lint rules-test
 	$(BIN)/python -m pytest -q
+
+# The benchmark (docs/performance.md): the service against a bare FastAPI baseline, as ratios. Not a test.
+bench: $(VENV)/.stamp-run
+	$(BIN)/python -m bench.run
 
 # Regenerate the JSON Schemas editors use for rule files (a test checks they are current).
 schema: $(VENV)/.stamp-run

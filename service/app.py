@@ -15,6 +15,7 @@ from starlette.middleware.cors import CORSMiddleware
 from cds_hooks.fhir import FhirAllowlist, FhirClient
 from cds_hooks.jwt import JwksCache
 from rules.engine.ruleset import load_ruleset
+from rules.engine.source import use_disk_cache
 from service import __version__
 from service.audit import AuditWriter, PatientPseudonym
 from service.auth import load_clients
@@ -47,6 +48,7 @@ def create_app(
     """
     settings = settings or Settings()
     configure_logging(settings.log_level)
+    use_disk_cache(settings.cache_dir)
     fingerprint = catalogue_fingerprint(settings.rules_dir)  # before loading: a change during it is seen
     catalogue = build_catalogue(load_ruleset(settings.rules_dir))
     state = AppState(settings, catalogue, Database(settings.database_url), Metrics())

@@ -28,16 +28,19 @@ from rules.engine.explain import explain
 from rules.engine.explain import render as render_trace
 from rules.engine.ruleset import RuleSet, load_ruleset
 from rules.engine.selftest import run_tests
+from rules.engine.source import use_disk_cache
 from service.settings import Settings
 
 
 def _settings() -> Settings:
     try:
-        return Settings()
+        settings = Settings()
     except ValidationError as exc:
         for error in exc.errors(include_url=False):
             print(f"error: LUMBAR_{str(error['loc'][0]).upper()}: {error['msg']}", file=sys.stderr)
         raise SystemExit(2) from None
+    use_disk_cache(settings.cache_dir)
+    return settings
 
 
 def _catalogues(paths: Sequence[str]) -> list[tuple[Path, set[str] | None]]:

@@ -31,7 +31,11 @@ def anyio_backend() -> str:
 @pytest.fixture
 def settings_factory(tmp_path: Path) -> Any:
     def make(**overrides: Any) -> Settings:
-        values: dict[str, Any] = {"auth": "off", "database_url": f"sqlite+aiosqlite:///{tmp_path}/lumbar.db"}
+        values: dict[str, Any] = {
+            "auth": "off",
+            "database_url": f"sqlite+aiosqlite:///{tmp_path}/lumbar.db",
+            "cache_dir": None,  # in-process tests parse for real; tests/rules/test_source_cache.py covers it
+        }
         values.update(overrides)
         return Settings(**values)
 

@@ -7,11 +7,16 @@ at a line. YAML 1.2 (``no`` stays a string), duplicate keys are errors, and time
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import ruamel.yaml
 from ruamel.yaml import YAML
 from ruamel.yaml.constructor import SafeConstructor
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
@@ -90,9 +95,73 @@ def _plain(node: Any, path: DataPath, document: SourceDocument) -> Any:
 
 
 # Parsed documents by (display path, content hash): a reload re-parses only the files that changed, which
-# matters because ruamel's round-trip parser is pure Python (about 1 s for the whole catalogue).
+# matters because ruamel's round-trip parser is pure Python (about 1.4 s for the whole catalogue, nearly all
+# of a cold start). Parsed documents are also kept on disk as JSON by content hash, like Python's bytecode
+# cache, so a new process (each worker, each restart) reads them instead of parsing again.
 _PARSED: OrderedDict[tuple[str, str], SourceDocument] = OrderedDict()
 _PARSED_MAX = 4096
+_FORMAT = f"1-{ruamel.yaml.__version__}"  # a new layout or parser version ignores older cache files
+_disk_cache: Path | None = None
+
+
+def use_disk_cache(directory: Path | None) -> None:
+    """Keep parsed documents under ``directory`` (created private to the user); ``None`` turns it off."""
+    global _disk_cache  # one process-wide setting, chosen by the service at start-up
+    if directory is not None:
+        try:
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            info = directory.stat()
+            if info.st_uid != os.getuid() or info.st_mode & 0o022:
+                directory = None  # someone else could write parsed "rules" here: do not trust it
+        except OSError:
+            directory = None  # not writable here: parse as before
+    _disk_cache = directory
+
+
+def _cache_file(digest: str) -> Path | None:
+    return _disk_cache / f"{digest}.{_FORMAT}.json" if _disk_cache is not None else None
+
+
+def _from_disk(display: str, digest: str) -> SourceDocument | None:
+    cached = _cache_file(digest)
+    if cached is None:
+        return None
+    try:
+        raw = json.loads(cached.read_bytes())
+        return SourceDocument(
+            display,
+            raw["data"],
+            {tuple(path): (line, column) for path, line, column in raw["positions"]},
+            {tuple(path): (line, column) for path, line, column in raw["values"]},
+        )
+    except (OSError, ValueError, KeyError, TypeError):  # absent, or written by something else: parse
+        return None
+
+
+def _to_disk(document: SourceDocument, digest: str) -> None:
+    cached = _cache_file(digest)
+    if cached is None:
+        return
+    raw = {
+        "data": document.data,
+        "positions": [[list(path), *where] for path, where in document.positions.items()],
+        "values": [[list(path), *where] for path, where in document.values.items()],
+    }
+    with contextlib.suppress(OSError, ValueError, TypeError):
+        handle, temporary = tempfile.mkstemp(dir=cached.parent, suffix=".tmp")
+        try:
+            with os.fdopen(handle, "w", encoding="utf-8") as out:
+                json.dump(raw, out, allow_nan=True)
+            os.replace(temporary, cached)  # atomic: a reader sees the whole file or none
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+
+
+def _remember(display: str, digest: str, document: SourceDocument) -> None:
+    _PARSED[(display, digest)] = document
+    while len(_PARSED) > _PARSED_MAX:
+        _PARSED.popitem(last=False)
 
 
 def read_yaml(
@@ -105,6 +174,11 @@ def read_yaml(
     if digest is not None and (display, digest) in _PARSED:
         _PARSED.move_to_end((display, digest))
         return _PARSED[(display, digest)], []
+    if digest is not None:
+        stored = _from_disk(display, digest)
+        if stored is not None:
+            _remember(display, digest, stored)
+            return stored, []
     try:
         text = (content if content is not None else path.read_bytes()).decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -122,7 +196,6 @@ def read_yaml(
     document = SourceDocument(display, None, {(): (1, 1)})
     document.data = _plain(node, (), document)
     if digest is not None:
-        _PARSED[(display, digest)] = document
-        while len(_PARSED) > _PARSED_MAX:
-            _PARSED.popitem(last=False)
+        _remember(display, digest, document)
+        _to_disk(document, digest)
     return document, []

@@ -14,11 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import Connection, delete, event, select, text
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import Connection, delete, event, inspect, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -31,13 +27,26 @@ if TYPE_CHECKING:
 _MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
-def _alembic_config() -> Config:
+def _alembic_config() -> Any:
+    from alembic.config import Config  # imported only when migrating: it is slow to import
+
     config = Config()
     config.set_main_option("script_location", str(_MIGRATIONS))
     return config
 
 
+HEAD = "0003"  # the newest revision in migrations/versions (a test checks it against Alembic's own head)
+
+
+def _current_revision(connection: Connection) -> str | None:
+    if not inspect(connection).has_table("alembic_version"):
+        return None
+    return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+
 def _upgrade(connection: Connection) -> None:
+    from alembic import command
+
     config = _alembic_config()
     config.attributes["connection"] = connection
     command.upgrade(config, "head")
@@ -65,9 +74,25 @@ class Database:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self._inserts = 0
 
+    def _insert(self) -> Any:
+        """The dialect's INSERT (for ON CONFLICT DO NOTHING); only that dialect's module is imported."""
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+
+            return postgresql_insert
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert
+
     async def migrate(self) -> None:
-        """Bring the schema to the newest migration (a no-op when it is there already)."""
+        """Bring the schema to the newest migration (a no-op when it is there already).
+
+        A database already at ``HEAD`` is recognised with one query, without loading Alembic's scripts: every
+        worker checks at start-up, and that check is on the cold-start path.
+        """
         async with self.engine.begin() as connection:
+            if await connection.run_sync(_current_revision) == HEAD:
+                return
             await connection.run_sync(_upgrade)
 
     async def ping(self) -> bool:
@@ -113,7 +138,7 @@ class Database:
                     "received_at": now,
                 }
             )
-        insert = pg_insert if self.dialect == "postgresql" else sqlite_insert
+        insert = self._insert()
         async with self.engine.begin() as connection:
             if unknown:
                 rule_ids.update(await self._card_rules(connection, unknown))
@@ -125,7 +150,7 @@ class Database:
 
     async def remember_jti(self, issuer: str, jti: str, expires_at: int) -> bool:
         """Record a client JWT id; False if seen before (a replay). Expired ids are purged now and then."""
-        insert = pg_insert if self.dialect == "postgresql" else sqlite_insert
+        insert = self._insert()
         statement = insert(jwt_replay).values(issuer=issuer, jti=jti, expires_at=expires_at)
         statement = statement.on_conflict_do_nothing(index_elements=["issuer", "jti"])
         async with self.engine.begin() as connection:
@@ -145,7 +170,7 @@ class Database:
 
     async def write_audit(self, records: Sequence[AuditRecord]) -> None:
         """Write audit records in one transaction (one already written is skipped: retries are safe)."""
-        insert = pg_insert if self.dialect == "postgresql" else sqlite_insert
+        insert = self._insert()
         calls = [
             {
                 "call_id": r.call_id,
@@ -203,7 +228,7 @@ class Database:
 
     async def secret(self, name: str, nbytes: int = 32) -> bytes:
         """A random secret shared by every worker and replica: made by the first to ask, read by the rest."""
-        insert = pg_insert if self.dialect == "postgresql" else sqlite_insert
+        insert = self._insert()
         candidate = secrets.token_hex(nbytes)
         async with self.engine.begin() as connection:
             await connection.execute(

@@ -298,3 +298,23 @@ async def test_migrations_go_down_and_up_again(db: Database) -> None:
         assert await connection.run_sync(down_and_up) == []
         tables = await connection.run_sync(lambda c: set(inspect(c).get_table_names()))
     assert {"feedback", "jwt_replay", "audit_call", "audit_card", "audit_rule", "service_secret"} <= tables
+
+
+def test_head_names_the_newest_migration() -> None:
+    from alembic.script import ScriptDirectory
+
+    from service.storage.database import HEAD
+
+    assert ScriptDirectory.from_config(_alembic_config()).get_current_head() == HEAD
+
+
+async def test_a_database_at_head_is_not_migrated_again(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.storage import database as module
+
+    def refuse(_: Any) -> None:
+        raise AssertionError("migrated again")
+
+    monkeypatch.setattr(module, "_upgrade", refuse)
+    await db.migrate()
