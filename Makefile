@@ -1,4 +1,4 @@
-# Lumbar CDS: the single entry point for developers, CI (.ci/run) and the Dockerfile.
+# Lumbar CDS: the single entry point for developers and CI (.ci/run).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin

@@ -35,6 +35,7 @@ def _alembic_config() -> Any:
     return config
 
 
+_MIGRATION_LOCK = 0x4C554D42  # "LUMB": the PostgreSQL advisory lock held while migrating
 HEAD = "0003"  # the newest revision in migrations/versions (a test checks it against Alembic's own head)
 
 
@@ -91,6 +92,8 @@ class Database:
         worker checks at start-up, and that check is on the cold-start path.
         """
         async with self.engine.begin() as connection:
+            if self.dialect == "postgresql":  # replicas starting together migrate one at a time
+                await connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
             if await connection.run_sync(_current_revision) == HEAD:
                 return
             await connection.run_sync(_upgrade)

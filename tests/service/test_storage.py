@@ -318,3 +318,20 @@ async def test_a_database_at_head_is_not_migrated_again(
 
     monkeypatch.setattr(module, "_upgrade", refuse)
     await db.migrate()
+
+
+def test_replicas_starting_together_migrate_one_at_a_time(tmp_path: Any) -> None:
+    """PostgreSQL: several instances migrating a fresh database at once (an advisory lock serialises them)."""
+    from tests.support.databases import throwaway_database
+
+    async def start_together(url: str) -> int:
+        instances = [Database(url) for _ in range(4)]
+        try:
+            await asyncio.gather(*(instance.migrate() for instance in instances))
+            return await _count(instances[0], audit_call)
+        finally:
+            for instance in instances:
+                await instance.close()
+
+    with throwaway_database("postgresql", tmp_path) as url:
+        assert asyncio.run(start_together(url)) == 0
