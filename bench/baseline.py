@@ -1,0 +1,57 @@
+"""The baseline server: the least a FastAPI CDS Hooks endpoint can do on this machine.
+
+One POST route at the same path as the real service reads the raw body, parses it with orjson and answers
+a fixed small JSON document. It is served with exactly the uvicorn settings of ``service.cli.cmd_serve``
+(uvloop, httptools, no access log, no logging config, keep-alive 5 s, one worker), so the ratio
+service/baseline measures what the service adds on top of FastAPI, uvicorn and JSON parsing.
+
+    python -m bench.baseline --port 8001
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import orjson
+import uvicorn
+from fastapi import FastAPI, Request
+from starlette.responses import Response
+
+JSON = "application/json"
+ANSWER = orjson.dumps({"cards": []})
+
+app = FastAPI(title="Lumbar CDS benchmark baseline")
+
+
+@app.post("/cds-services/{service_id}")
+async def call_service(service_id: str, request: Request) -> Response:
+    orjson.loads(await request.body())
+    return Response(ANSWER, media_type=JSON)
+
+
+@app.get("/readyz")
+async def readyz() -> Response:
+    return Response(b'{"status":"ready"}', media_type=JSON)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8001)
+    args = parser.parse_args()
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        workers=1,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_config=None,
+        proxy_headers=False,
+        timeout_keep_alive=5,
+    )
+
+
+if __name__ == "__main__":
+    main()
