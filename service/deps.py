@@ -15,7 +15,9 @@ from service.state import AppState
 log = structlog.get_logger("lumbar.auth")
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
+    """The application's state. Async on purpose: FastAPI runs a plain ``def`` dependency in a thread pool,
+    a hop that cost about 3% of a hook call (bench profile)."""
     state: AppState = request.app.state.lumbar
     return state
 
