@@ -17,6 +17,8 @@ import uvicorn
 from fastapi import FastAPI, Request
 from starlette.responses import Response
 
+from service.cli import UVICORN_OPTIONS
+
 JSON = "application/json"
 ANSWER = orjson.dumps({"cards": []})
 
@@ -44,12 +46,7 @@ def main() -> None:
         host=args.host,
         port=args.port,
         workers=1,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_config=None,
-        proxy_headers=False,
-        timeout_keep_alive=5,
+        **UVICORN_OPTIONS,  # exactly the service's settings
     )
 
 

@@ -169,6 +169,15 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# How `lumbar serve` runs uvicorn (the benchmark's baseline uses the same, bench/baseline.py).
+UVICORN_OPTIONS: dict[str, Any] = {
+    "loop": "uvloop",
+    "http": "httptools",
+    "access_log": False,
+    "log_config": None,
+    "proxy_headers": False,
+    "timeout_keep_alive": 5,
+}
 
 
 def _metrics_directory() -> str | None:
@@ -220,12 +229,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             host=args.host,
             port=args.port,
             workers=args.workers,
-            loop="uvloop",
-            http="httptools",
-            access_log=False,
-            log_config=None,
-            proxy_headers=False,
-            timeout_keep_alive=5,
+            **UVICORN_OPTIONS,
         )
     finally:
         if created:
