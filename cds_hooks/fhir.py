@@ -18,6 +18,7 @@ import httpx
 from pydantic import TypeAdapter, ValidationError
 
 from cds_hooks.errors import PrefetchTemplateError, PrefetchUnavailable
+from cds_hooks.http import FetchError, get_bounded
 from cds_hooks.prefetch import KeyState, assess_prefetch, render_prefetch
 from cds_hooks.request import HookRequest
 from cds_hooks.resources import Bundle, BundleEntry, OperationOutcome, Resource
@@ -173,20 +174,11 @@ class FhirClient:
     async def _get(self, key: str, url: str, headers: Mapping[str, str]) -> Resource:
         what = urlsplit(url).path.rsplit("/", 1)[-1] or "resource"
         try:
-            async with self._http.stream("GET", url, headers=dict(headers), follow_redirects=False) as resp:
-                if resp.status_code != 200:
-                    raise PrefetchUnavailable(key, f"GET {what} answered HTTP {resp.status_code}")
-                body = bytearray()
-                async for chunk in resp.aiter_bytes():
-                    body += chunk
-                    if len(body) > self._max_bytes:
-                        raise PrefetchUnavailable(
-                            key, f"GET {what} answered more than {self._max_bytes} bytes"
-                        )
-        except httpx.HTTPError as exc:
-            raise PrefetchUnavailable(key, f"GET {what} failed: {type(exc).__name__}") from None
+            body = await get_bounded(self._http, url, headers, self._max_bytes, f"GET {what}")
+        except FetchError as exc:
+            raise PrefetchUnavailable(key, str(exc)) from None
         try:
-            resource = RESOURCE.validate_json(bytes(body))
+            resource = RESOURCE.validate_json(body)
         except ValidationError:
             raise PrefetchUnavailable(key, f"GET {what} did not return valid FHIR JSON") from None
         if isinstance(resource, OperationOutcome):

@@ -24,6 +24,8 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, KeySet, RSAKey
 
+from cds_hooks.http import FetchError, get_bounded
+
 # CDS Hooks 2.0: "SHALL NOT be signed using the none algorithm ... any symmetric algorithm"; ES384 and RS384
 # are recommended. PS* and ES256/512, RS256/512 are accepted asymmetric algorithms too.
 ALGORITHMS: dict[str, type[Any]] = {
@@ -100,23 +102,16 @@ class JwksCache:
     async def _fetch(self, url: str) -> KeySet:
         self.fetches += 1
         try:
-            async with (
-                asyncio.timeout(self.timeout_s),
-                self.http.stream(
-                    "GET", url, headers={"Accept": "application/json"}, follow_redirects=False
-                ) as response,
-            ):
-                if response.status_code != 200:
-                    raise AuthenticationError(f"JWKS {url} answered HTTP {response.status_code}")
-                body = bytearray()
-                async for chunk in response.aiter_bytes():
-                    body += chunk
-                    if len(body) > self.max_bytes:
-                        raise AuthenticationError(f"JWKS {url} is larger than {self.max_bytes} bytes")
-        except (httpx.HTTPError, TimeoutError) as exc:
-            raise AuthenticationError(f"JWKS {url} could not be fetched: {type(exc).__name__}") from None
+            async with asyncio.timeout(self.timeout_s):
+                body = await get_bounded(
+                    self.http, url, {"Accept": "application/json"}, self.max_bytes, f"JWKS {url}"
+                )
+        except FetchError as exc:
+            raise AuthenticationError(str(exc)) from None
+        except TimeoutError:
+            raise AuthenticationError(f"JWKS {url} could not be fetched: TimeoutError") from None
         try:
-            return KeySet.import_key_set(json.loads(bytes(body)))
+            return KeySet.import_key_set(json.loads(body))
         except (ValueError, JoseError, TypeError, KeyError) as exc:
             raise AuthenticationError(f"JWKS {url} is not a JWK Set: {type(exc).__name__}") from None
 
