@@ -58,21 +58,10 @@ async def _reload(state: AppState, directory: Path) -> bool:
     try:
         ruleset = await asyncio.to_thread(load_ruleset, directory)
     except RuleSetError as exc:
-        status.ok = False
-        status.errors = [d.render() for d in exc.diagnostics]
-        state.metrics.reloads.labels("error").inc()
-        state.metrics.reload_failing.set(1)
-        state.metrics.reload_error_time.set_to_current_time()
-        for diagnostic in exc.diagnostics:
-            log.error("rule reload rejected", diagnostic=diagnostic.render())
+        _rejected(state, [d.render() for d in exc.diagnostics], "rule reload rejected")
         return False
     except OSError as exc:  # the directory vanished mid-swap; the next event retries
-        status.ok = False
-        status.errors = [f"{directory}: {exc}"]
-        state.metrics.reloads.labels("error").inc()
-        state.metrics.reload_failing.set(1)
-        state.metrics.reload_error_time.set_to_current_time()
-        log.error("rule reload failed", error=str(exc))
+        _rejected(state, [f"{directory}: {exc}"], "rule reload failed")
         return False
     status.ok, status.errors = True, []
     state.metrics.reload_failing.set(0)
@@ -89,6 +78,16 @@ async def _reload(state: AppState, directory: Path) -> bool:
     gc.collect()
     gc.freeze()
     return True
+
+
+def _rejected(state: AppState, errors: list[str], event: str) -> None:
+    """The last good rules keep serving; the errors go to /readyz, the metrics and the log."""
+    state.reload.ok, state.reload.errors = False, errors
+    state.metrics.reloads.labels("error").inc()
+    state.metrics.reload_failing.set(1)
+    state.metrics.reload_error_time.set_to_current_time()
+    for error in errors:
+        log.error(event, diagnostic=error)
 
 
 async def watch_rules(state: AppState, directory: Path, stop: asyncio.Event) -> None:

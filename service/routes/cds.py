@@ -88,7 +88,6 @@ def _record(state: AppState, evaluation: Evaluation, service_id: str, hook: str,
     fired = evaluation.fired()
     for rule_id in fired:
         metrics.rules_fired.labels(rule_id).inc()
-    metrics.hook_calls.labels(service_id, hook, "200").inc()
     elapsed = time.perf_counter() - started
     metrics.hook_latency.labels(service_id).observe(elapsed)
     log.info(
@@ -112,8 +111,7 @@ class _Audit:
         self.request: HookRequest | None = None
 
     async def done(self, status: int, evaluation: Evaluation | None = None) -> None:
-        if status != 200:
-            self.state.metrics.hook_calls.labels(self.service_id, self.hook, str(status)).inc()
+        self.state.metrics.hook_calls.labels(self.service_id, self.hook, str(status)).inc()
         cards, rules = from_evaluation(evaluation) if evaluation is not None else ((), ())
         patient = self.request.context.patient_id if self.request is not None else None
         assert self.state.audit is not None  # set by the lifespan
