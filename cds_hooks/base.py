@@ -1,22 +1,20 @@
 """Base model shared by every CDS Hooks wire model.
 
-CDS Hooks 2.0, "Use of JSON": optional fields are omitted rather than sent as ``null`` or empty values,
-so every model drops ``None``, empty strings, empty lists and empty objects when serialised.
+CDS Hooks 2.0, "Use of JSON": optional fields are omitted rather than sent as ``null`` or empty values.
+Every optional field of a wire model defaults to ``None`` or an empty tuple, so serialising with
+``exclude_defaults`` (done inside pydantic-core, without a Python call per nested model) omits exactly
+them; a field the specification requires even when empty is listed in ``keep_empty``.
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
+from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
 MAX_STRING = 100_000
 """The longest string any modelled field accepts (hostile input; real FHIR text is far shorter)."""
-
-
-def _is_empty(value: Any) -> bool:
-    return value is None or value == "" or value == [] or value == {}
 
 
 class StrictCamelModel(BaseModel):
@@ -35,19 +33,14 @@ class StrictCamelModel(BaseModel):
 
 
 class WireModel(StrictCamelModel):
-    """A CDS Hooks wire model: no empty values when serialised."""
+    """A CDS Hooks wire model: optional fields left at their default (None, empty) are not serialised."""
 
-    # Fields the specification requires even when empty (e.g. ``cards: []``).
+    # Top-level fields the specification requires even when empty (e.g. ``cards: []``).
     keep_empty: ClassVar[frozenset[str]] = frozenset()
 
-    @model_serializer(mode="wrap")
-    def _omit_empty(self, handler: SerializerFunctionWrapHandler) -> Any:
-        data = handler(self)
-        if not isinstance(data, dict):
-            return data
-        keep = self.keep_empty
-        return {k: v for k, v in data.items() if k in keep or not _is_empty(v)}
-
     def to_wire(self) -> dict[str, Any]:
-        """The JSON-ready dict, camelCase, with empty values omitted."""
-        return self.model_dump(mode="json", by_alias=True)
+        """The JSON-ready dict, camelCase, with unset optional values omitted."""
+        data = self.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+        for name in self.keep_empty:
+            data.setdefault(name, [])
+        return data

@@ -35,7 +35,7 @@ class Source(WireModel):
 class Link(WireModel):
     label: str
     url: str
-    type: Literal["absolute", "smart"] = "absolute"
+    type: Literal["absolute", "smart"]  # required by CDS Hooks 2.0, so no default (defaults are omitted)
     app_context: str | None = None
     autolaunchable: bool | None = None
 

@@ -9,6 +9,7 @@ fills those three elements.
 
 from __future__ import annotations
 
+import functools
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -43,10 +44,19 @@ _OVERRIDES = {
 }
 
 
+@functools.cache
 def override_reasons(indicator: str) -> tuple[Coding, ...]:
     """The override reasons offered on a card of this indicator (each with a display)."""
     chosen = _OVERRIDES["routine" if indicator == "info" else "urgent"]
     return tuple(Coding(system=OVERRIDE_SYSTEM, code=code, display=display) for code, display in chosen)
+
+
+@functools.lru_cache(maxsize=4096)  # bounded: every reload may bring new titles or versions
+def _card_source(label: str, url: str | None, rule_id: str, title: str, version: str) -> Source:
+    """The card's source, naming the rule (models are immutable, so one instance serves every card)."""
+    return Source(
+        label=label, url=url, topic=Coding(system=RULE_SYSTEM, code=rule_id, display=title, version=version)
+    )
 
 
 def _coding(key: CodeKey, display: str) -> dict[str, str]:
@@ -232,12 +242,8 @@ def render_card(
         summary=plan.summary,
         detail="\n".join(detail),
         indicator=plan.indicator,  # type: ignore[arg-type]  # an IndicatorName, validated at load
-        source=Source(
-            label=template.source.label,
-            url=template.source.url,
-            topic=Coding(
-                system=RULE_SYSTEM, code=template.rule_id, display=template.title, version=ruleset_version
-            ),
+        source=_card_source(
+            template.source.label, template.source.url, template.rule_id, template.title, ruleset_version
         ),
         suggestions=tuple(suggestions),
         selection_behavior=template.selection if suggestions else None,  # type: ignore[arg-type]
@@ -251,7 +257,7 @@ def _links(template: CardTemplate) -> tuple[Link, ...]:
     """The card's guideline links, its source guideline first (every card links to its guideline)."""
     if template.source.url is None or any(link.url == template.source.url for link in template.links):
         return template.links
-    return (Link(label=template.source.label, url=template.source.url), *template.links)
+    return (Link(label=template.source.label, url=template.source.url, type="absolute"), *template.links)
 
 
 def _uuid(*parts: str) -> str:

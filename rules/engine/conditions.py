@@ -17,16 +17,41 @@ from rules.engine.context import (
     DataPath,
     Description,
     EvalContext,
+    Needs,
     parse_duration,
 )
-from rules.engine.facts import Evidence
+from rules.engine.facts import MEDICATIONS, ORDERS, Evidence
 
 
 def compile_condition(node: schema.Condition, path: DataPath, env: CompileEnv) -> Check:
-    """Compile one condition node (and its children) into a closure, and record how it reads."""
+    """Compile one condition node (and its children) into a closure, and record how it reads and what
+    it needs in the record (``env.needs``)."""
     check, text, children = _compile(node, path, env)
     env.descriptions[check] = Description(text, tuple(children))
+    env.needs[check] = _needs(node, [env.needs[child] for child in children])
     return check
+
+
+def _needs(node: schema.Condition, kids: list[Needs]) -> Needs:
+    """A necessary condition on the record for ``node`` to be true (see ``context.Needs``). Sound by
+    construction: ``all`` needs what each child needs; ``any`` (and ``at_least``) needs one clause of
+    some child, so the union of one clause from each child; ``not`` and the leaves that read no
+    coded record need nothing. Unknown value-set names are left out (the loader reports them)."""
+    if node.all is not None:
+        return tuple(clause for kid in kids for clause in kid)
+    if node.any is not None or (node.at_least is not None and node.at_least.count > 0):
+        if not kids or any(not kid for kid in kids):
+            return ()
+        return (frozenset().union(*(min(kid, key=len) for kid in kids)),)
+    query = node.finding or node.quantity or node.weight_loss
+    if query is not None:
+        names = [query.valueset] if isinstance(query.valueset, str) else query.valueset
+        return (frozenset(names),)
+    if node.medication is not None:
+        return (frozenset({MEDICATIONS}),)
+    if node.order is not None:
+        return (frozenset({ORDERS}),)
+    return ()
 
 
 def _flow(value: Any) -> str:

@@ -18,6 +18,12 @@ Check = Callable[["EvalContext"], list[Evidence] | None]
 """A compiled condition: the evidence that makes it true, or None when it is false."""
 DataPath = tuple[str | int, ...]
 
+Needs = tuple[frozenset[str], ...]
+"""What a condition needs in the record to have any chance of being true, in conjunctive form: every
+clause must meet the record in at least one atom. An atom is a value-set name (some fact is coded from,
+or named as, that value set), ``facts.MEDICATIONS`` or ``facts.ORDERS``. ``()`` needs nothing (e.g.
+``not``, ``age``)."""
+
 _UNITS = {"h": timedelta(hours=1), "d": timedelta(days=1), "w": timedelta(weeks=1), "y": timedelta(days=365)}
 
 
@@ -79,6 +85,7 @@ class CompileEnv:
     rule_refs: list[tuple[str, DataPath]] = field(default_factory=list)
     uses_red_flags: list[tuple[DataPath, str]] = field(default_factory=list)  # (where, min_indicator)
     descriptions: dict[Check, Description] = field(default_factory=dict)  # for `lumbar explain`
+    needs: dict[Check, Needs] = field(default_factory=dict)  # see ``Needs``
 
     used: set[str] = field(default_factory=set)  # every value set this rule names, for the unused lint
 

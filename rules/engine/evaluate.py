@@ -66,9 +66,13 @@ class Evaluation:
 
 
 def _resolver(ruleset: RuleSet) -> tuple[Any, Any]:
+    index = ruleset.index
+
     def resolve(ctx: EvalContext, rule_id: str) -> list[Evidence] | None:
         if rule_id not in ctx.memo:
-            ctx.memo[rule_id] = ruleset.by_id[rule_id].check(ctx)
+            rule = ruleset.by_id[rule_id]
+            may = rule.may_fire(ctx.record.present(index))
+            ctx.memo[rule_id] = rule.check(ctx) if may else None
         return ctx.memo[rule_id]
 
     def indicator(ctx: EvalContext, rule_id: str) -> str | None:

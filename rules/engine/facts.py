@@ -12,6 +12,11 @@ from typing import Any
 from cds_hooks.fhirtime import FhirInstantRange
 from rules.engine.terminology import CodeKey
 
+MEDICATIONS = "@medications"
+"""The atom of a rule's needs (``context.Needs``) met by any medication in the record."""
+ORDERS = "@orders"
+"""... and by any order, result or draft order."""
+
 SNOMED = "http://snomed.info/sct"
 INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
 

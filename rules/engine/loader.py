@@ -235,7 +235,7 @@ class Loader:
             spec.summary,
             spec.detail,
             Source(label=spec.source.label, url=spec.source.url),
-            tuple(Link(label=link.label, url=link.url) for link in spec.links),
+            tuple(Link(label=link.label, url=link.url, type="absolute") for link in spec.links),
             reason,
             tuple(suggestions),
             spec.selection,

@@ -24,7 +24,9 @@ from rules.engine.facts import (
     CURRENT_OBSERVATION_WINDOW,
     EPISODE_GAP,
     MEDICATION_RECENT_WINDOW,
+    MEDICATIONS,
     NEW_WINDOW,
+    ORDERS,
     PREEXISTING_AFTER,
     Episode,
     Evidence,
@@ -42,7 +44,7 @@ from rules.engine.normalise import (
     report_order,
     request_order,
 )
-from rules.engine.terminology import CodeKey, ValueSet
+from rules.engine.terminology import CodeKey, ValueSet, ValueSetIndex
 
 _MEDICATION_CURRENT = frozenset({"active", "intended", "on-hold"})
 _MEDICATION_RECENT = frozenset({"completed", "stopped"})
@@ -73,6 +75,7 @@ class PatientRecord:
     notes: list[str] = field(default_factory=list)
     by_code: dict[CodeKey, list[Fact]] = field(default_factory=dict)
     _vs_cache: dict[str, list[Fact]] = field(default_factory=dict)
+    _present: frozenset[str] | None = None
 
     @classmethod
     def from_request(cls, request: HookRequest, builder: RecordBuilder, now: datetime) -> PatientRecord:
@@ -129,6 +132,27 @@ class PatientRecord:
             self.notes.append(f"{reference(resource)}: unreadable date; ignored")
 
     # ---- findings -----------------------------------------------------------------------------------
+
+    def present(self, index: ValueSetIndex) -> frozenset[str]:
+        """The value sets some fact of the record belongs to (as :meth:`facts_in` decides membership),
+        plus ``MEDICATIONS`` and ``ORDERS`` when there are any: the atoms of a rule's ``needs``."""
+        if self._present is None:
+            names: set[str] = set()
+            for key, facts in self.by_code.items():
+                names.update(index.by_code.get(key, ()))
+                for name, sites in index.sited.get(key, ()):
+                    if any(fact.body_sites & sites for fact in facts):
+                        names.add(name)
+            texts = [fact.text for fact in self.facts if fact.text]
+            for name, pattern in index.text:
+                if name not in names and any(pattern.search(text) for text in texts):
+                    names.add(name)
+            if self.medications:
+                names.add(MEDICATIONS)
+            if self.orders or self.drafts:
+                names.add(ORDERS)
+            self._present = frozenset(names)
+        return self._present
 
     def facts_in(self, valueset: ValueSet) -> list[Fact]:
         """Facts coded from ``valueset`` (body-site rules and text patterns applied), cached."""

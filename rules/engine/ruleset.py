@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +23,22 @@ from pydantic import ValidationError
 from rules.engine import schema
 from rules.engine.cards import CardTemplate
 from rules.engine.conditions import compile_condition
-from rules.engine.context import INDICATOR_ORDER, Check, CompileEnv, DataPath, Description, EvalContext
+from rules.engine.context import (
+    INDICATOR_ORDER,
+    Check,
+    CompileEnv,
+    DataPath,
+    Description,
+    EvalContext,
+    Needs,
+)
 from rules.engine.diagnostics import Diagnostic, RuleSetError, did_you_mean
 from rules.engine.loader import CompiledEscalation, Loader
 from rules.engine.normalise import RecordBuilder
 from rules.engine.prefetch import prefetch_templates
 from rules.engine.source import SourceDocument
 from rules.engine.suggestions import Modifier
-from rules.engine.terminology import CodeKey, Terminology, ValueSet
+from rules.engine.terminology import CodeKey, Terminology, ValueSet, ValueSetIndex
 
 CONTEXT_VALUESET = "low-back-pain"
 """The value set that gates every rule (knowledge base Part B4) and defines the pain episode."""
@@ -59,6 +68,12 @@ class CompiledRule:
     pama_rating: ValueSet | None = None
     descriptions: dict[Check, Description] = field(default_factory=dict)
     uses: frozenset[str] = frozenset()  # every value set the rule names
+    needs: Needs = ()  # what ``when`` needs in the record to be true at all (see ``context.Needs``)
+
+    def may_fire(self, present: frozenset[str]) -> bool:
+        """False when the record lacks what ``when`` needs, so ``check`` would return None anyway: the
+        engine then skips it, which makes a large catalogue cost what its relevant rules cost."""
+        return all(not clause.isdisjoint(present) for clause in self.needs)
 
     @property
     def max_indicator(self) -> str:
@@ -90,7 +105,11 @@ class RuleSet:
     prefetch: dict[str, dict[str, str]] = field(default_factory=dict)
     warnings: tuple[Diagnostic, ...] = ()  # problems that do not stop loading (e.g. unused value sets)
 
-    @property
+    @cached_property
+    def index(self) -> ValueSetIndex:
+        return ValueSetIndex.build(self.valuesets)
+
+    @cached_property
     def red_flag_ids(self) -> tuple[tuple[str, str], ...]:
         """The red-flag rules, each with the highest indicator it can reach."""
         return tuple((rule.id, rule.max_indicator) for rule in self.rules if rule.category == "red-flag")
@@ -168,6 +187,7 @@ def _compile_rule(
         rating,
         env.descriptions,
         frozenset(env.used),
+        env.needs[check],
     )
 
 

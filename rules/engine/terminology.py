@@ -74,3 +74,28 @@ class ValueSet:
     def keys(self) -> frozenset[CodeKey]:
         """Every code that can make a resource a member (body-site-qualified ones included)."""
         return self.codes | frozenset(self.sited)
+
+
+@dataclass(frozen=True)
+class ValueSetIndex:
+    """Value sets by the codes and text that make a fact a member: which value sets a record touches is
+    then one pass over its facts, instead of one pass over every value set's codes."""
+
+    by_code: dict[CodeKey, tuple[str, ...]]
+    sited: dict[CodeKey, tuple[tuple[str, frozenset[CodeKey]], ...]]
+    text: tuple[tuple[str, re.Pattern[str]], ...]
+
+    @classmethod
+    def build(cls, valuesets: dict[str, ValueSet]) -> ValueSetIndex:
+        by_code: dict[CodeKey, list[str]] = {}
+        sited: dict[CodeKey, list[tuple[str, frozenset[CodeKey]]]] = {}
+        for name, vs in valuesets.items():
+            for key in vs.codes:
+                by_code.setdefault(key, []).append(name)
+            for key, sites in vs.sited.items():
+                sited.setdefault(key, []).append((name, sites))
+        return cls(
+            {k: tuple(v) for k, v in by_code.items()},
+            {k: tuple(v) for k, v in sited.items()},
+            tuple((name, vs.text) for name, vs in valuesets.items() if vs.text is not None),
+        )

@@ -187,7 +187,7 @@ def test_responses_serialise_without_null_or_empty_values_but_keep_cards() -> No
         indicator="info",
         source=Source(label="Guideline"),
         detail=None,
-        links=(Link(label="NICE", url="https://nice.org.uk"),),
+        links=(Link(label="NICE", url="https://nice.org.uk", type="absolute"),),
     )
     wire = CdsResponse(cards=(card,)).to_wire()
     for value in _walk(wire["cards"]):
