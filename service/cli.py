@@ -287,6 +287,27 @@ def cmd_purge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo_fhir(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.demo_fhir import BUNDLED_DEMO, DemoDataError, create_demo_app, load_demo
+
+    folder = Path(args.data) if args.data else BUNDLED_DEMO
+    try:
+        store = load_demo(folder)
+    except DemoDataError as exc:
+        print(f"error: demo data: {exc}", file=sys.stderr)
+        return 2
+    patients = len(store.resources.get("Patient", {}))
+    print(
+        f"Lumbar CDS demo FHIR server (read-only, open): {patients} patients, {store.count()} resources from "
+        f"{folder}\nFHIR base: http://{args.host}:{args.port}/fhir",
+        flush=True,
+    )
+    uvicorn.run(create_demo_app(store), host=args.host, port=args.port, log_level="info", access_log=True)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lumbar", description="Lumbar CDS: CDS Hooks decision support for low back pain"
@@ -319,6 +340,13 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--until", metavar="DATE", help="up to this date (inclusive) or date-time")
     report.add_argument("--service", metavar="ID", help="only this CDS service")
     report.set_defaults(func=cmd_report)
+    demo = sub.add_parser("demo-fhir", help="an open read-only FHIR R4 server with the demo patients")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=8090)
+    demo.add_argument(
+        "--data", metavar="DIR", help="a folder of FHIR JSON files (default: the bundled patients)"
+    )
+    demo.set_defaults(func=cmd_demo_fhir)
     purge = sub.add_parser("purge", help="delete audit records older than the retention period")
     when = purge.add_mutually_exclusive_group()
     when.add_argument("--days", type=int, help="keep this many days (default: LUMBAR_AUDIT_RETENTION_DAYS)")

@@ -1,4 +1,5 @@
-"""Start the real service (``python -m service serve``) on a free loopback port, and stop it."""
+"""Start the real service (``python -m service serve``), or the demo FHIR server (``python -m service
+demo-fhir``), on a free loopback port, and stop it."""
 
 from __future__ import annotations
 
@@ -36,10 +37,28 @@ def live_process(
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """Yield the base URL and the process of a running service (in its own process group)."""
     port = free_port()
+    command = ["serve", "--port", str(port), "--workers", str(workers)]
+    with _running(command, port, "/readyz", env, log, ready_timeout) as started:
+        yield started
+
+
+@contextmanager
+def live_demo_fhir(data: Path | None = None, ready_timeout: float = 30.0) -> Iterator[str]:
+    """Yield the FHIR base URL of a running ``lumbar demo-fhir`` (the bundled patients, or ``data``)."""
+    port = free_port()
+    command = ["demo-fhir", "--port", str(port), *(["--data", str(data)] if data else [])]
+    with _running(command, port, "/fhir/metadata", {}, None, ready_timeout) as (base, _):
+        yield f"{base}/fhir"
+
+
+@contextmanager
+def _running(
+    command: list[str], port: int, probe: str, env: dict[str, str], log: Path | None, ready_timeout: float
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     full_env = {**os.environ, "LUMBAR_AUTH": "off", **env}
     output = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115  # closed below
     process = subprocess.Popen(
-        [sys.executable, "-m", "service", "serve", "--port", str(port), "--workers", str(workers)],
+        [sys.executable, "-m", "service", *command],
         env=full_env,
         stdout=output,
         stderr=subprocess.STDOUT,
@@ -50,14 +69,14 @@ def live_process(
         deadline = time.monotonic() + ready_timeout
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"the service exited with {process.returncode}")
+                raise RuntimeError(f"{command[0]} exited with {process.returncode}")
             try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                if httpx.get(f"{base}{probe}", timeout=1).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError("the service did not become ready")
+                raise RuntimeError(f"{command[0]} did not become ready")
             time.sleep(0.1)
         yield base, process
     finally:
