@@ -39,7 +39,8 @@ class Loader:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.diagnostics: list[Diagnostic] = []
-        self.hashes: dict[str, str] = {}
+        self.hashes: dict[str, str] = {}  # by the path shown in diagnostics (relative to the working directory)
+        self.by_name: dict[str, str] = {}  # by the path inside the catalogue: what the rule-set version hashes
         self._orders: dict[tuple[CodeKey, str], OrderTemplate] = {}
 
     def display(self, path: Path) -> str:
@@ -57,6 +58,10 @@ class Loader:
             return None
         digest = hashlib.sha256(content).hexdigest()
         self.hashes[display] = digest
+        try:
+            self.by_name[path.relative_to(self.directory).as_posix()] = digest
+        except ValueError:
+            self.by_name[path.name] = digest
         document, problems = read_yaml(path, display, content, digest)
         self.diagnostics.extend(problems)
         return document

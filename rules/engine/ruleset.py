@@ -357,7 +357,8 @@ def load_ruleset(directory: Path) -> RuleSet:
     assert context is not None
     ordered = sorted(compiled.values(), key=lambda r: (-INDICATOR_ORDER[r.max_indicator], r.id))
     digest = hashlib.sha256(
-        "".join(f"{k}:{v}\n" for k, v in sorted(loader.hashes.items())).encode()
+        # by the paths inside the catalogue: replicas started from other folders report the same version
+        "".join(f"{k}:{v}\n" for k, v in sorted(loader.by_name.items())).encode()
     ).hexdigest()
     texts = [vs.text.pattern for vs in valuesets.values() if vs.text is not None]
     builder = RecordBuilder(

@@ -6,7 +6,7 @@
   suggestion is relabelled and the card explains why.
 - An order is suggested once only: by the card with the most urgent priority for it (then the more urgent
   card, then the earlier one). Tests the terminology declares the same (a blood count with or without
-  differential) count as one.
+  differential) count as one. It is recommended there if any card that wanted it recommends it.
 - An order being placed now (a draft), already active, or done within its window is not suggested again and
   is listed as such; a completed test does not stop a critical card re-suggesting it, since a result from
   before an emergency does not answer it.
@@ -15,7 +15,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from rules.engine.cards import PRIORITY_RANK, CardPlan, OrderTemplate, PlannedOrder, SuggestionTemplate
 from rules.engine.context import INDICATOR_ORDER, EvalContext
@@ -70,9 +70,12 @@ def plan_suggestions(
     """Fill ``orders``, ``removals`` and ``already`` of each card plan (ordered most urgent first)."""
     candidates = [_candidates(plan, ctx, modifiers, terminology) for plan in plans]
     best: dict[CodeKey, tuple[tuple[int, int, bool, int], int]] = {}
+    recommended: set[CodeKey] = set()
     for rank, (plan, wanted) in enumerate(zip(plans, candidates, strict=True)):
         for planned in wanted:
             key = terminology.canonical(planned.order.code)
+            if planned.recommended:
+                recommended.add(key)
             # an order belongs first on the most urgent card, then on a referral or test card, then earlier
             owns = plan.template.category in ("referral", "test")
             score = (PRIORITY_RANK[planned.order.priority], INDICATOR_ORDER[plan.indicator], owns, -rank)
@@ -80,8 +83,11 @@ def plan_suggestions(
                 best[key] = (score, rank)
     for rank, (plan, wanted) in enumerate(zip(plans, candidates, strict=True)):
         for planned in wanted:
-            if best[terminology.canonical(planned.order.code)][1] != rank:
+            key = terminology.canonical(planned.order.code)
+            if best[key][1] != rank:
                 continue
+            if key in recommended and not planned.recommended:
+                planned = replace(planned, recommended=True)
             same = terminology.same_test(planned.order.code)
             existing = existing_order(same, planned, plan.indicator, ctx.record)
             if existing is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from cds_hooks.request import parse_hook_request
@@ -122,3 +123,22 @@ def test_card_detail_escapes_markdown_from_the_record(ruleset: RuleSet) -> None:
     detail = evaluation.cards[0].detail or ""
     assert "[click](http" not in detail
     assert r"\[click\](http://evil.example) \*now\*" in detail
+
+
+def test_a_suggestion_moved_to_another_card_stays_recommended(ruleset: RuleSet) -> None:
+    """demo-myopathy: the myopathy card recommends a neurology referral, which the EMG card (a test card)
+    also offers, optionally; it is suggested once, on the EMG card, and recommended there."""
+    demo = Path(__file__).resolve().parents[2] / "service" / "demo" / "patients" / "18-myopathy.json"
+    resources = [entry["resource"] for entry in json.loads(demo.read_text())["entry"]]
+    body = builders.hook_request(prefetch={"all": builders.bundle(*resources)})
+    body["context"]["patientId"] = "demo-myopathy"
+    evaluation = evaluate(
+        ruleset, parse_hook_request(json.dumps(body)), datetime(2026, 11, 21, 9, tzinfo=UTC)
+    )
+    offered = [
+        (card.source.topic.code if card.source.topic else "", s)
+        for card in evaluation.cards
+        for s in card.suggestions
+        if "neurology" in s.label.lower()
+    ]
+    assert [(owner, s.is_recommended) for owner, s in offered] == [("test-emg-ncs", True)]

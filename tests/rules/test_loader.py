@@ -172,3 +172,20 @@ def test_missing_context_value_set_is_an_error(catalog: Path) -> None:
 def test_missing_directory() -> None:
     with pytest.raises(RuleSetError, match="does not exist"):
         load_ruleset(Path("/nonexistent/rules"))
+
+
+def test_the_version_does_not_depend_on_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Replicas started from different folders must report the same rule-set version for the same rules."""
+
+    here = load_ruleset(BUNDLED_CATALOG).version
+    monkeypatch.chdir(tmp_path)
+    assert load_ruleset(BUNDLED_CATALOG).version == here
+    copy = tmp_path / "copy"
+    shutil.copytree(BUNDLED_CATALOG, copy)
+    assert load_ruleset(copy).version == here
+    (copy / "valuesets" / "lumbar-imaging.yaml").write_text(
+        (copy / "valuesets" / "lumbar-imaging.yaml").read_text() + "\n"
+    )
+    assert load_ruleset(copy).version != here
