@@ -39,8 +39,8 @@ class Loader:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.diagnostics: list[Diagnostic] = []
-        self.hashes: dict[str, str] = {}  # by the path shown in diagnostics (relative to the working directory)
-        self.by_name: dict[str, str] = {}  # by the path inside the catalogue: what the rule-set version hashes
+        self.hashes: dict[str, str] = {}  # by the path diagnostics show (relative to the working directory)
+        self.by_name: dict[str, str] = {}  # by the path inside the catalogue: the rule-set version hashes it
         self._orders: dict[tuple[CodeKey, str], OrderTemplate] = {}
 
     def display(self, path: Path) -> str:
