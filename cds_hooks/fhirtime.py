@@ -9,6 +9,7 @@ difference does not change a decision.
 from __future__ import annotations
 
 import calendar
+import functools
 import re
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
@@ -31,6 +32,7 @@ class FhirInstantRange(NamedTuple):
     end: datetime
 
 
+@functools.lru_cache(maxsize=8192)  # a request's dates are parsed when validated and again when normalised
 def parse_fhir_datetime(text: str) -> FhirInstantRange:
     """Parse a FHIR date/dateTime (possibly partial) into a UTC range.
 

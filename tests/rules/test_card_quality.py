@@ -151,3 +151,13 @@ def test_the_sandbox_pama_shape_is_accepted(ruleset: RuleSet) -> None:
     evaluation = evaluate(ruleset, parse_hook_request(body), NOW)
     assert evaluation.has_context  # the draft order's reason, low back pain, is the context
     assert evaluation.errors == {}
+
+
+def test_card_ids_are_the_standard_version_5_uuids() -> None:
+    """The fast ``uuid5_text`` gives exactly ``uuid.uuid5`` (ids stay stable across versions)."""
+    import uuid
+
+    from rules.engine.cards import UUID_NAMESPACE, uuid5_text
+
+    for name in ("", "a", "0f0e0d0c-0b0a-4909-8807-060504030201|rf-ces-sphincter-disturbance", "ü" * 300):
+        assert uuid5_text(UUID_NAMESPACE, name) == str(uuid.uuid5(UUID_NAMESPACE, name))
