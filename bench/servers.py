@@ -18,11 +18,20 @@ HOST = "127.0.0.1"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
+_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A loopback port nothing listens on, and not handed out before in this run: two servers started
+    one after the other must not both get the port the first one has not bound yet (the second would
+    fail to bind, and the first would answer its readiness probe)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind((HOST, 0))
+            port: int = sock.getsockname()[1]
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
 
 
 @dataclass
@@ -91,6 +100,9 @@ def wait_ready(server: Server, timeout_s: float = 30.0, poll_s: float = 0.01) ->
         with contextlib.suppress(OSError, http.client.HTTPException):
             if get(server.port, "/readyz", timeout_s=1.0)[0] == 200:
                 server.ready_after_s = time.perf_counter() - server.started
+                time.sleep(0.05)  # still ours: a server that failed to bind exits at once
+                if server.process.poll() is not None:
+                    raise RuntimeError(f"{server.name} exited after /readyz answered:\n{server.log_tail()}")
                 return server.ready_after_s
         time.sleep(poll_s)
     raise RuntimeError(f"{server.name} not ready after {timeout_s} s:\n{server.log_tail()}")
