@@ -8,8 +8,8 @@
   card, then the earlier one). Tests the terminology declares the same (a blood count with or without
   differential) count as one. It is recommended there if any card that wanted it recommends it.
 - An order being placed now (a draft), already active, or done within its window is not suggested again and
-  is listed as such; a completed test does not stop a critical card re-suggesting it, since a result from
-  before an emergency does not answer it.
+  is listed as such; a completed test, or an active order placed before the window, does not stop a critical
+  card re-suggesting it, since neither answers an emergency.
 - ``remove_draft`` suggestions delete the hook's matching draft orders.
 """
 
@@ -105,11 +105,14 @@ def existing_order(
         if codes & set(draft.codes):
             return draft
     for item in record.orders:
-        if not codes & set(item.codes) or item.when is None or item.when < since:
+        if not codes & set(item.codes):
             continue
-        if item.status in ("active", "on-hold"):
+        recent = item.when is not None and item.when >= since
+        # An open order is pending, however old; but one placed before the window does not answer an
+        # emergency (a stale routine order is no MRI within 4 hours).
+        if item.status in ("active", "on-hold") and (recent or indicator != "critical"):
             return item
-        if item.status == "completed" and indicator != "critical":
+        if item.status == "completed" and recent and indicator != "critical":
             return item
     if indicator != "critical":
         for code in codes:

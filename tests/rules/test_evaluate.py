@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -142,3 +142,30 @@ def test_a_suggestion_moved_to_another_card_stays_recommended(ruleset: RuleSet) 
         if "neurology" in s.label.lower()
     ]
     assert [(owner, s.is_recommended) for owner, s in offered] == [("test-emg-ncs", True)]
+
+
+def test_an_open_order_is_not_suggested_again_however_old_except_in_an_emergency() -> None:
+    from rules.engine.cards import OrderTemplate, PlannedOrder
+    from rules.engine.facts import OrderFact
+    from rules.engine.record import PatientRecord
+    from rules.engine.suggestions import existing_order
+
+    mri = ("http://loinc.org", "30679-5")
+    planned = PlannedOrder(
+        "MRI", True, OrderTemplate(mri, "MR Lumbar spine", "routine", {}), timedelta(weeks=6)
+    )
+
+    def order(status: str, days_ago: int) -> PatientRecord:
+        when = NOW - timedelta(days=days_ago)
+        fact = OrderFact(
+            "ServiceRequest", "ServiceRequest/sr-1", (mri,), "MRI", status, when, when.isoformat()
+        )
+        return PatientRecord(now=NOW, patient_id="p", orders=[fact])
+
+    assert existing_order(frozenset({mri}), planned, "warning", order("active", 60)) is not None
+    assert existing_order(frozenset({mri}), planned, "warning", order("active", 10)) is not None
+    assert existing_order(frozenset({mri}), planned, "critical", order("active", 10)) is not None
+    assert existing_order(frozenset({mri}), planned, "critical", order("active", 60)) is None
+    assert existing_order(frozenset({mri}), planned, "warning", order("completed", 10)) is not None
+    assert existing_order(frozenset({mri}), planned, "warning", order("completed", 60)) is None
+    assert existing_order(frozenset({mri}), planned, "critical", order("completed", 10)) is None
