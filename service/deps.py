@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated
 
 import structlog
@@ -25,7 +26,7 @@ async def get_state(request: Request) -> AppState:
 State = Annotated[AppState, Depends(get_state)]
 
 
-async def client_issuer(request: Request, state: State) -> str | None:
+async def client_issuer(request: Request, state: AppState) -> str | None:
     """The calling client's issuer, from its JWT (CDS Hooks 2.0); ``None`` when authentication is off.
 
     Every failure is the same bare 401: the caller learns nothing about why. The reason is logged, never the
@@ -56,4 +57,19 @@ async def client_issuer(request: Request, state: State) -> str | None:
         ) from None
 
 
-Client = Annotated[str | None, Depends(client_issuer)]
+@dataclass(frozen=True)
+class Caller:
+    """What a CDS Hooks handler needs: the application's state and the authenticated client."""
+
+    state: AppState
+    client: str | None
+
+
+async def caller(request: Request) -> Caller:
+    """State and client in one dependency: FastAPI's dependency solving is a measurable part of a hook call
+    (docs/performance.md), and the hook handlers always need both."""
+    state: AppState = request.app.state.lumbar
+    return Caller(state, await client_issuer(request, state))
+
+
+Call = Annotated[Caller, Depends(caller)]

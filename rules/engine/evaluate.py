@@ -13,6 +13,7 @@ screening is incomplete.
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -65,6 +66,12 @@ class Evaluation:
         return [rule_id for rule_id, v in self.verdicts.items() if v.status == "fired"]
 
 
+@functools.lru_cache(maxsize=65_536)
+def _plain(rule_id: str, status: Status) -> Verdict:
+    """A verdict without evidence: immutable, so one instance serves every call (most rules, most calls)."""
+    return Verdict(rule_id, status)
+
+
 def _resolver(ruleset: RuleSet) -> tuple[Any, Any]:
     index = ruleset.index
 
@@ -115,7 +122,7 @@ def evaluate(ruleset: RuleSet, request: HookRequest, now: datetime) -> Evaluatio
     ctx = prepare(ruleset, request, now)
     record, hook = ctx.record, ctx.hook
     if not record.has_context(ruleset.context):
-        silent = {r.id: Verdict(r.id, "no-context") for r in ruleset.rules}
+        silent = {r.id: _plain(r.id, "no-context") for r in ruleset.rules}
         return Evaluation((), silent, tuple(record.notes), has_context=False)
     resolve, indicator = ctx.resolve_rule, ctx.resolve_indicator
     results: dict[str, list[Evidence]] = {}
@@ -124,7 +131,7 @@ def evaluate(ruleset: RuleSet, request: HookRequest, now: datetime) -> Evaluatio
     verdicts: dict[str, Verdict] = {}
     for rule in ruleset.rules:
         if hook not in rule.hooks:
-            verdicts[rule.id] = Verdict(rule.id, "not-applicable")
+            verdicts[rule.id] = _plain(rule.id, "not-applicable")
             continue
         try:
             found = resolve(ctx, rule.id)
@@ -134,7 +141,7 @@ def evaluate(ruleset: RuleSet, request: HookRequest, now: datetime) -> Evaluatio
             verdicts[rule.id] = Verdict(rule.id, "error", error=errors[rule.id])
             continue
         if found is None or level is None:
-            verdicts[rule.id] = Verdict(rule.id, "silent")
+            verdicts[rule.id] = _plain(rule.id, "silent")
         else:
             results[rule.id] = found + ctx.escalation_evidence.get(rule.id, [])
             levels[rule.id] = level

@@ -16,7 +16,7 @@ from cds_hooks.request import HookRequest, parse_hook_request
 from cds_hooks.response import FEEDBACK
 from rules.engine.evaluate import Evaluation, evaluate
 from service.audit import AuditRecord, from_evaluation
-from service.deps import Client, State
+from service.deps import Call
 from service.errors import ProblemError
 from service.state import AppState
 
@@ -26,13 +26,14 @@ JSON = "application/json"
 
 
 @router.get("/cds-services", tags=["CDS Hooks"], summary="CDS Hooks discovery")
-async def discovery(state: State, client: Client) -> Response:
-    return Response(state.catalogue.discovery, media_type=JSON)
+async def discovery(call: Call) -> Response:
+    return Response(call.state.catalogue.discovery, media_type=JSON)
 
 
 @router.post("/cds-services/{service_id}", tags=["CDS Hooks"], summary="Call a CDS service")
-async def call_service(service_id: str, request: Request, state: State, client: Client) -> Response:
+async def call_service(service_id: str, request: Request, call: Call) -> Response:
     started = time.perf_counter()
+    state, client = call.state, call.client
     catalogue = state.catalogue  # one read: the whole call uses one rule set even if a reload happens
     hook = catalogue.hooks.get(service_id)
     if hook is None:
@@ -133,7 +134,8 @@ class _Audit:
 
 
 @router.post("/cds-services/{service_id}/feedback", tags=["CDS Hooks"], summary="Feedback on cards")
-async def feedback(service_id: str, request: Request, state: State, client: Client) -> Response:
+async def feedback(service_id: str, request: Request, call: Call) -> Response:
+    state, client = call.state, call.client
     if service_id not in state.catalogue.hooks:
         raise ProblemError(404, f"unknown CDS service {service_id!r}", expression=["id"])
     try:
