@@ -158,6 +158,18 @@ def _to_disk(document: SourceDocument, digest: str) -> None:
                 os.unlink(temporary)
 
 
+def known_good(key: str) -> bool:
+    """Whether a check identified by ``key`` (a content hash) passed before, in any process using this
+    cache: expensive checks whose result depends only on their input are done once per cache."""
+    return _disk_cache is not None and (_disk_cache / f"ok-{key}").exists()
+
+
+def remember_good(key: str) -> None:
+    if _disk_cache is not None:
+        with contextlib.suppress(OSError):
+            (_disk_cache / f"ok-{key}").touch()
+
+
 def _remember(display: str, digest: str, document: SourceDocument) -> None:
     _PARSED[(display, digest)] = document
     while len(_PARSED) > _PARSED_MAX:
