@@ -38,6 +38,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from cds_hooks.fhirtime import FhirInstantRange, parse_fhir_datetime
+
 BUNDLED_DEMO = Path(__file__).resolve().parent / "demo" / "patients"
 FHIR_JSON = "application/fhir+json; charset=utf-8"
 DEFAULT_COUNT = 50
@@ -46,7 +48,6 @@ MAX_FORM_BYTES = 1_000_000
 
 # Where each searchable type keeps what its ``code``, ``status``, ``date`` and patient parameters mean.
 _CODE = {"MedicationStatement": "medicationCodeableConcept"}
-_STATUS = {"Condition": None}  # Condition has clinical-status instead
 _DATES = {
     "Observation": ("effectiveDateTime", "effectivePeriod", "effectiveInstant", "issued"),
     "Procedure": ("performedDateTime", "performedPeriod"),
@@ -56,13 +57,14 @@ _DATES = {
     "Condition": ("recordedDate",),
     "Encounter": ("period",),
 }
-_COMMON = {"_id", "_count", "_offset", "_format"}
+_PAGING = {"_count", "_offset", "_format"}  # how to answer, not what to find
+_COMMON = {"_id", *_PAGING}
 _CLINICAL = {"patient", "subject", "code", "status", "category", "date"}
 _PATIENT = {"identifier", "name", "family", "given", "gender", "birthdate"}
 
 _FULL_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _DATE_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})$")
-_PREFIXED = re.compile(r"^(eq|gt|ge|lt|le)?(\d{4}-\d{2}-\d{2}(T[0-9:.]+(Z|[+-]\d{2}:\d{2}))?)$")
+_PREFIXED = re.compile(r"^(eq|gt|ge|lt|le)?(\d.*)$")
 
 
 class DemoDataError(Exception):
@@ -114,6 +116,10 @@ class DemoStore:
 
     def count(self) -> int:
         return len(self.origin)
+
+    def types(self) -> set[str]:
+        """The resource types this server answers for: what it holds, and what the rules read."""
+        return set(self.resources) | {"Patient", *_DATES}
 
 
 def _validate(resource: dict[str, Any], where: str) -> None:
@@ -197,43 +203,38 @@ def _reference_id(resource: dict[str, Any]) -> str | None:
     return None
 
 
-def _range_of(value: Any) -> tuple[datetime, datetime] | None:
+def _range_of(value: Any) -> FhirInstantRange | None:
+    """A date, dateTime or Period as the span it can mean (both ends included), with the parsing the service
+    uses (``cds_hooks.fhirtime``: partial dates, time zones)."""
     if isinstance(value, dict):  # a Period
         start, end = _range_of(value.get("start")), _range_of(value.get("end"))
-        if start is None and end is None:
-            return None
-        return (start or end)[0], (end or start)[1]  # type: ignore[index]  # one of them is set
+        if start is None or end is None:
+            return start or end
+        return FhirInstantRange(start.start, end.end)
     if not isinstance(value, str):
         return None
-    text = value.replace("Z", "+00:00")
-    if _FULL_DATE.match(value):
-        day = datetime.fromisoformat(text).replace(tzinfo=UTC)
-        return day, day + timedelta(days=1)
     try:
-        moment = datetime.fromisoformat(text)
+        return parse_fhir_datetime(value)
     except ValueError:
         return None
-    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-    return moment, moment
 
 
 def _date_match(resource: dict[str, Any], rtype: str, spec: str) -> bool:
     found = _PREFIXED.match(spec)
-    if found is None:
-        raise SearchError(f"date {spec!r}: expected [eq|gt|ge|lt|le]YYYY-MM-DD[Thh:mm:ss+zz:zz]")
-    prefix, when = found.group(1) or "eq", _range_of(found.group(2))
-    assert when is not None
+    when = _range_of(found.group(2)) if found else None
+    if found is None or when is None:
+        raise SearchError(f"date {spec!r}: expected [eq|gt|ge|lt|le] and a FHIR date or dateTime")
+    prefix = found.group(1) or "eq"
     for key in _DATES.get(rtype, ()):
         span = _range_of(resource.get(key))
         if span is None:
             continue
-        start, end = span
         if (
-            (prefix == "eq" and start >= when[0] and end <= when[1])
-            or (prefix == "gt" and end >= when[1])
-            or (prefix == "ge" and end >= when[0])
-            or (prefix == "lt" and start < when[0])
-            or (prefix == "le" and start < when[1])
+            (prefix == "eq" and span.start >= when.start and span.end <= when.end)
+            or (prefix == "gt" and span.end > when.end)
+            or (prefix == "ge" and span.end >= when.start)
+            or (prefix == "lt" and span.start < when.start)
+            or (prefix == "le" and span.start <= when.end)
         ):
             return True
     return False
@@ -306,21 +307,28 @@ def _int(params: list[tuple[str, str]], name: str, default: int, limit: int) -> 
     return number
 
 
-def search(
-    store: DemoStore, rtype: str, params: list[tuple[str, str]]
-) -> tuple[list[dict[str, Any]], int, int]:
-    """The matching resources of one page, with ``_count`` and ``_offset`` applied; (page, total, count)."""
+@dataclass(frozen=True)
+class Page:
+    """One page of a search: its resources, how many match in all, and where it starts and how long."""
+
+    resources: list[dict[str, Any]]
+    total: int
+    offset: int
+    count: int
+
+
+def search(store: DemoStore, rtype: str, params: list[tuple[str, str]]) -> Page:
+    """The matching resources of the page that ``_count`` and ``_offset`` select."""
     allowed = _allowed(rtype)
     filters: list[tuple[str, str]] = []
     for name, value in params:
-        base = name.split(":", 1)[0]
-        if base != name:
+        if ":" in name:
             raise SearchError(f"search modifiers are not supported ({name!r})")
         if name not in allowed:
             raise SearchError(f"unsupported search parameter {name!r} for {rtype}")
         if name == "_format" and "json" not in value:
             raise SearchError("this server answers in JSON only (_format)")
-        if name not in _COMMON or name == "_id":
+        if name not in _PAGING:
             filters.append((name, value))
     count = _int(params, "_count", DEFAULT_COUNT, MAX_COUNT)
     offset = _int(params, "_offset", 0, 10**9)
@@ -329,7 +337,7 @@ def search(
         for resource in store.resources.get(rtype, {}).values()
         if all(_matches(resource, rtype, name, value) for name, value in filters)
     ]
-    return hits[offset : offset + count], len(hits), count
+    return Page(hits[offset : offset + count], len(hits), offset, count)
 
 
 # ---- HTTP -----------------------------------------------------------------------------------------------
@@ -350,7 +358,7 @@ def outcome(status: int, code: str, text: str) -> Response:
 
 
 def capability(store: DemoStore, base: str) -> dict[str, Any]:
-    types = sorted(set(store.resources) | {"Patient", *_DATES})
+    types = sorted(store.types())
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -372,7 +380,7 @@ def capability(store: DemoStore, base: str) -> dict[str, Any]:
                         "interaction": [{"code": "read"}, {"code": "search-type"}],
                         "searchParam": [
                             {"name": name, "type": "token" if name not in ("date", "birthdate") else "date"}
-                            for name in sorted(_allowed(rtype) - {"_count", "_offset", "_format"})
+                            for name in sorted(_allowed(rtype) - _PAGING)
                         ],
                     }
                     for rtype in types
@@ -392,7 +400,7 @@ def create_demo_app(store: DemoStore) -> Starlette:
 
     async def read(request: Request) -> Response:
         rtype, rid = request.path_params["rtype"], request.path_params["rid"]
-        if rtype not in store.resources and rtype not in _DATES and rtype != "Patient":
+        if rtype not in store.types():
             return outcome(404, "not-supported", f"unknown resource type {rtype!r}")
         resource = store.resources.get(rtype, {}).get(rid)
         if resource is None:
@@ -411,36 +419,33 @@ def create_demo_app(store: DemoStore) -> Starlette:
                     415, "not-supported", "POST _search takes an application/x-www-form-urlencoded body"
                 )
             params += parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)
-        if rtype not in store.resources and rtype not in _DATES and rtype != "Patient":
+        if rtype not in store.types():
             return outcome(404, "not-supported", f"unknown resource type {rtype!r}")
         try:
-            page, total, count = search(store, rtype, params)
+            page = search(store, rtype, params)
         except SearchError as exc:
             return outcome(400, "not-supported", str(exc))
         base = _base(request)
         kept = [(k, v) for k, v in params if k not in ("_offset", "_count")]
-        offset = int(next((v for k, v in reversed(params) if k == "_offset"), "0"))
 
         def link(relation: str, at: int) -> dict[str, str]:
-            return {
-                "relation": relation,
-                "url": f"{base}/{rtype}?{urlencode([*kept, ('_count', str(count)), ('_offset', str(at))])}",
-            }
+            query = urlencode([*kept, ("_count", str(page.count)), ("_offset", str(at))])
+            return {"relation": relation, "url": f"{base}/{rtype}?{query}"}
 
-        links = [link("self", offset)]
-        if count and offset + count < total:
-            links.append(link("next", offset + count))
+        links = [link("self", page.offset)]
+        if page.count and page.offset + page.count < page.total:
+            links.append(link("next", page.offset + page.count))
         return _fhir(
             {
                 "resourceType": "Bundle",
                 "id": str(uuid.uuid4()),
                 "meta": {"lastUpdated": datetime.now(UTC).isoformat().replace("+00:00", "Z")},
                 "type": "searchset",
-                "total": total,
+                "total": page.total,
                 "link": links,
                 "entry": [
                     {"fullUrl": f"{base}/{rtype}/{r['id']}", "resource": r, "search": {"mode": "match"}}
-                    for r in page
+                    for r in page.resources
                 ],
             }
         )

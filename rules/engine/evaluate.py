@@ -73,12 +73,10 @@ def _plain(rule_id: str, status: Status) -> Verdict:
 
 
 def _resolver(ruleset: RuleSet) -> tuple[Any, Any]:
-    index = ruleset.index
-
     def resolve(ctx: EvalContext, rule_id: str) -> list[Evidence] | None:
         if rule_id not in ctx.memo:
             rule = ruleset.by_id[rule_id]
-            may = rule.may_fire(ctx.record.present(index))
+            may = rule.may_fire(ctx.record.present())
             ctx.memo[rule_id] = rule.check(ctx) if may else None
         return ctx.memo[rule_id]
 

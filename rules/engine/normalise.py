@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cds_hooks.fhirtime import FhirInstantRange, parse_fhir_datetime
@@ -30,7 +30,7 @@ from cds_hooks.resources import (
     ServiceRequest,
 )
 from rules.engine.facts import INTERPRETATION, SNOMED, Fact, MedicationFact, OrderFact
-from rules.engine.terminology import CodeKey
+from rules.engine.terminology import CodeKey, ValueSetIndex
 
 _YES = (SNOMED, "373066001")
 _NO = frozenset({(SNOMED, "373067005"), (SNOMED, "260385009")})
@@ -55,6 +55,7 @@ class RecordBuilder:
 
     relevant: frozenset[CodeKey]
     text_pattern: re.Pattern[str] | None = None
+    index: ValueSetIndex = field(default_factory=ValueSetIndex)  # which value sets a fact belongs to
 
     def match(self, keys: tuple[CodeKey, ...], text: str) -> tuple[CodeKey, ...] | None:
         """The relevant codes of a resource; its codes (or a text marker) when only its text matches."""

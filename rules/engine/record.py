@@ -74,13 +74,14 @@ class PatientRecord:
     drafts: list[OrderFact] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     by_code: dict[CodeKey, list[Fact]] = field(default_factory=dict)
-    _vs_cache: dict[str, list[Fact]] = field(default_factory=dict)
+    index: ValueSetIndex = field(default_factory=ValueSetIndex)
+    _members: dict[str, list[Fact]] | None = None
     _present: frozenset[str] | None = None
 
     @classmethod
     def from_request(cls, request: HookRequest, builder: RecordBuilder, now: datetime) -> PatientRecord:
         """Normalise the prefetch and the draft orders of ``request``."""
-        record = cls(now=now, patient_id=request.context.patient_id)
+        record = cls(now=now, patient_id=request.context.patient_id, index=builder.index)
         for value in request.prefetch.values():
             for resource in iter_resources(value):
                 record._add(resource, builder)
@@ -133,53 +134,40 @@ class PatientRecord:
 
     # ---- findings -----------------------------------------------------------------------------------
 
-    def present(self, index: ValueSetIndex) -> frozenset[str]:
-        """The value sets some fact of the record belongs to (as :meth:`facts_in` decides membership),
-        plus ``MEDICATIONS`` and ``ORDERS`` when there are any: the atoms of a rule's ``needs``."""
+    def members(self) -> dict[str, list[Fact]]:
+        """Every value set of the rule set's index with the facts that belong to it (a code of the value
+        set; a body-site-qualified code with that body site; or its text patterns), in record order. One
+        pass over the facts, whatever the number of value sets; computed once per record."""
+        if self._members is None:
+            members: dict[str, list[Fact]] = {}
+            index = self.index
+            for fact in self.facts:
+                names: set[str] = set()
+                for key in fact.codes:
+                    names.update(index.by_code.get(key, ()))
+                    names.update(name for name, sites in index.sited.get(key, ()) if fact.body_sites & sites)
+                if fact.text:
+                    names.update(name for name, pattern in index.text if pattern.search(fact.text))
+                for name in names:
+                    members.setdefault(name, []).append(fact)
+            self._members = members
+        return self._members
+
+    def present(self) -> frozenset[str]:
+        """The value sets some fact belongs to, plus ``MEDICATIONS`` and ``ORDERS`` when there are any: the
+        atoms of a rule's ``needs``."""
         if self._present is None:
-            names: set[str] = set()
-            for key, facts in self.by_code.items():
-                names.update(index.by_code.get(key, ()))
-                for name, sites in index.sited.get(key, ()):
-                    if any(fact.body_sites & sites for fact in facts):
-                        names.add(name)
-            texts = [fact.text for fact in self.facts if fact.text]
-            for name, pattern in index.text:
-                if name not in names and any(pattern.search(text) for text in texts):
-                    names.add(name)
+            atoms = set(self.members())
             if self.medications:
-                names.add(MEDICATIONS)
+                atoms.add(MEDICATIONS)
             if self.orders or self.drafts:
-                names.add(ORDERS)
-            self._present = frozenset(names)
+                atoms.add(ORDERS)
+            self._present = frozenset(atoms)
         return self._present
 
     def facts_in(self, valueset: ValueSet) -> list[Fact]:
-        """Facts coded from ``valueset`` (body-site rules and text patterns applied), cached."""
-        cached = self._vs_cache.get(valueset.name)
-        if cached is not None:
-            return cached
-        seen: set[int] = set()
-        out: list[Fact] = []
-
-        def take(fact: Fact) -> None:
-            if id(fact) not in seen:
-                seen.add(id(fact))
-                out.append(fact)
-
-        for key in valueset.codes:
-            for fact in self.by_code.get(key, ()):
-                take(fact)
-        for key, sites in valueset.sited.items():
-            for fact in self.by_code.get(key, ()):
-                if fact.body_sites & sites:
-                    take(fact)
-        if valueset.text is not None:
-            for fact in self.facts:
-                if fact.text and valueset.text.search(fact.text):
-                    take(fact)
-        self._vs_cache[valueset.name] = out
-        return out
+        """Facts that belong to ``valueset`` (see :meth:`members`)."""
+        return self.members().get(valueset.name, [])
 
     def seen_within(self, fact: Fact, window: timedelta) -> bool:
         """The finding was recorded (or still present) within ``window`` before now."""

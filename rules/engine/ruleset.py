@@ -108,9 +108,9 @@ class RuleSet:
     prefetch: dict[str, dict[str, str]] = field(default_factory=dict)
     warnings: tuple[Diagnostic, ...] = ()  # problems that do not stop loading (e.g. unused value sets)
 
-    @cached_property
+    @property
     def index(self) -> ValueSetIndex:
-        return ValueSetIndex.build(self.valuesets)
+        return self.builder.index
 
     @cached_property
     def red_flag_ids(self) -> tuple[tuple[str, str], ...]:
@@ -367,6 +367,7 @@ def load_ruleset(directory: Path) -> RuleSet:
     builder = RecordBuilder(
         _relevant_codes(ordered, valuesets, context),
         re.compile("|".join(texts), re.IGNORECASE) if texts else None,
+        ValueSetIndex.build(valuesets),
     )
     ruleset = RuleSet(
         tuple(ordered),

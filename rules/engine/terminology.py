@@ -81,9 +81,9 @@ class ValueSetIndex:
     """Value sets by the codes and text that make a fact a member: which value sets a record touches is
     then one pass over its facts, instead of one pass over every value set's codes."""
 
-    by_code: dict[CodeKey, tuple[str, ...]]
-    sited: dict[CodeKey, tuple[tuple[str, frozenset[CodeKey]], ...]]
-    text: tuple[tuple[str, re.Pattern[str]], ...]
+    by_code: dict[CodeKey, tuple[str, ...]] = field(default_factory=dict)
+    sited: dict[CodeKey, tuple[tuple[str, frozenset[CodeKey]], ...]] = field(default_factory=dict)
+    text: tuple[tuple[str, re.Pattern[str]], ...] = ()
 
     @classmethod
     def build(cls, valuesets: dict[str, ValueSet]) -> ValueSetIndex:

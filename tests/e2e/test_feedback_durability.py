@@ -111,18 +111,8 @@ def test_a_new_user_sees_their_feedback_in_the_report(database_url: str, tmp_pat
         reason = imaging["overrideReasons"][0]
         body = {
             "feedback": [
-                {
-                    "card": critical["uuid"],
-                    "outcome": "accepted",
-                    "acceptedSuggestions": [{"id": critical["suggestions"][0]["uuid"]}],
-                    "outcomeTimestamp": "2026-11-21T10:05:00Z",
-                },
-                {
-                    "card": imaging["uuid"],
-                    "outcome": "overridden",
-                    "overrideReason": {"reason": reason, "userComment": "red flags excluded last week"},
-                    "outcomeTimestamp": "2026-11-21T10:06:00Z",
-                },
+                builders.accepted(critical, "2026-11-21T10:05:00Z"),
+                builders.overridden(imaging, reason, "red flags excluded last week", "2026-11-21T10:06:00Z"),
             ]
         }
         assert httpx.post(f"{base}{SERVICE}/feedback", json=body).status_code == 200

@@ -14,9 +14,10 @@ from cds_hooks.request import parse_hook_request
 from rules.engine import schema
 from rules.engine.conditions import _needs
 from rules.engine.evaluate import evaluate, prepare
-from rules.engine.facts import MEDICATIONS, ORDERS
+from rules.engine.facts import MEDICATIONS, ORDERS, Fact
 from rules.engine.ruleset import RuleSet
 from rules.engine.selftest import build_request
+from rules.engine.terminology import ValueSet
 from tests.support import builders
 
 NOW = datetime(2026, 11, 21, 10, tzinfo=UTC)
@@ -61,7 +62,7 @@ def test_skipping_never_hides_a_rule_that_would_be_true(ruleset: RuleSet) -> Non
         case = ruleset.by_id[rule_id].tests[index]
         request = parse_hook_request(orjson.dumps(build_request(case, rule_id, ruleset)))
         ctx = prepare(ruleset, request, parse_fhir_datetime(case.now).start)
-        present = ctx.record.present(ruleset.index)
+        present = ctx.record.present()
         for rule in ruleset.rules:
             checked += 1
             if not rule.may_fire(present):
@@ -70,15 +71,30 @@ def test_skipping_never_hides_a_rule_that_would_be_true(ruleset: RuleSet) -> Non
     assert skipped > checked // 3  # the pre-selection does skip (else this test proves nothing)
 
 
-def test_present_matches_facts_in_for_every_value_set(ruleset: RuleSet) -> None:
-    """The one-pass index agrees with ``facts_in`` (codes, body-site-qualified codes, text patterns)."""
+def _belongs(fact: Fact, vs: ValueSet) -> bool:
+    """Value-set membership by its definition, one value set at a time (the index computes it in one pass)."""
+    return bool(
+        set(fact.codes) & vs.codes
+        or any(key in vs.sited and fact.body_sites & vs.sited[key] for key in fact.codes)
+        or (vs.text is not None and fact.text and vs.text.search(fact.text))
+    )
+
+
+def test_members_follow_the_value_set_definitions(ruleset: RuleSet) -> None:
+    """The one-pass index gives each value set exactly the facts its codes, body-site-qualified codes and
+    text patterns admit, and ``present`` names exactly the value sets with members."""
+    checked = 0
     for rule_id, index in _cases(ruleset)[::3]:
         case = ruleset.by_id[rule_id].tests[index]
         request = parse_hook_request(orjson.dumps(build_request(case, rule_id, ruleset)))
         record = prepare(ruleset, request, parse_fhir_datetime(case.now).start).record
-        present = record.present(ruleset.index)
+        present = record.present()
         for name, vs in ruleset.valuesets.items():
-            assert (name in present) == bool(record.facts_in(vs)), (name, rule_id, case.name)
+            expected = [fact for fact in record.facts if _belongs(fact, vs)]
+            assert record.facts_in(vs) == expected, (name, rule_id, case.name)
+            assert (name in present) == bool(expected), (name, rule_id, case.name)
+            checked += bool(expected)
+    assert checked > 50  # the cases do put facts in many value sets
 
 
 def test_a_rule_whose_needs_are_missing_is_not_run(ruleset: RuleSet) -> None:
@@ -86,7 +102,7 @@ def test_a_rule_whose_needs_are_missing_is_not_run(ruleset: RuleSet) -> None:
     broken check raises nothing), while the same broken check on a rule that can fire is run and reported."""
     body = builders.hook_request(prefetch={"all": builders.bundle(builders.patient(), _pain())})
     request = parse_hook_request(orjson.dumps(body))
-    present = prepare(ruleset, request, NOW).record.present(ruleset.index)
+    present = prepare(ruleset, request, NOW).record.present()
     skipped = next(r for r in ruleset.rules if "patient-view" in r.hooks and not r.may_fire(present))
     running = next(r for r in ruleset.rules if "patient-view" in r.hooks and r.may_fire(present))
 

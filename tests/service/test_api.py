@@ -159,14 +159,8 @@ async def test_jwt_mode_refuses_every_cds_call_but_not_health(settings_factory: 
 
 async def test_cors_preflight_needs_no_token(settings_factory: Any) -> None:
     async with running(create_app(settings_factory(auth="jwt"))) as client:
-        response = await client.options(
-            SERVICE,
-            headers={
-                "Origin": "https://sandbox.cds-hooks.org",
-                "Access-Control-Request-Method": "POST",
-                "Access-Control-Request-Headers": "authorization,content-type",
-            },
-        )
+        headers = builders.preflight("POST", "authorization,content-type")
+        response = await client.options(SERVICE, headers=headers)
     assert response.status_code == 200
     assert response.headers["access-control-allow-origin"] == "*"
     assert "authorization" in response.headers["access-control-allow-headers"].lower()

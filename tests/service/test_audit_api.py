@@ -62,18 +62,8 @@ async def test_every_call_is_audited_and_feedback_is_linked_to_its_rule(
         assert critical["indicator"] == "critical"
         feedback_body = {
             "feedback": [
-                {
-                    "card": critical["uuid"],
-                    "outcome": "accepted",
-                    "acceptedSuggestions": [{"id": critical["suggestions"][0]["uuid"]}],
-                    "outcomeTimestamp": "2026-11-21T10:05:00Z",
-                },
-                {
-                    "card": other["uuid"],
-                    "outcome": "overridden",
-                    "overrideReason": {"reason": OVERRIDE, "userComment": "physio booked"},
-                    "outcomeTimestamp": "2026-11-21T10:06:00Z",
-                },
+                builders.accepted(critical, "2026-11-21T10:05:00Z"),
+                builders.overridden(other, OVERRIDE, "physio booked", "2026-11-21T10:06:00Z"),
             ]
         }
         # the audit record is still pending in the writer: the link comes from memory

@@ -255,12 +255,7 @@ async def test_preflight_needs_no_token_and_health_is_open(tmp_path: Path, setti
     with JwksServer([JKU_KEY]).running() as jwks:
         async with service(tmp_path, settings_factory, jwks) as (client, _):
             preflight = await client.options(
-                SERVICE,
-                headers={
-                    "Origin": "https://sandbox.cds-hooks.org",
-                    "Access-Control-Request-Method": "POST",
-                    "Access-Control-Request-Headers": "authorization,content-type",
-                },
+                SERVICE, headers=builders.preflight("POST", "authorization,content-type")
             )
             health = await client.get("/healthz")
     assert preflight.status_code == 200

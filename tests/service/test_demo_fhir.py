@@ -15,6 +15,7 @@ import pytest
 
 from rules.engine.ruleset import RuleSet
 from service.demo_fhir import BUNDLED_DEMO, DemoDataError, load_demo, shift_dates
+from tests.support import builders
 from tests.support.live import live_demo_fhir
 
 ANCHOR = date(2026, 11, 21)
@@ -184,9 +185,7 @@ def test_cors_for_the_browser(client: httpx.Client) -> None:
     origin = {"Origin": "http://127.0.0.1:8080"}
     assert client.get("/fhir/metadata", headers=origin).headers["access-control-allow-origin"] == "*"
     preflight = client.options(
-        "/fhir/Condition/_search",
-        headers=origin
-        | {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"},
+        "/fhir/Condition/_search", headers=builders.preflight("POST", "content-type", origin["Origin"])
     )
     assert preflight.status_code == 200
 

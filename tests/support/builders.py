@@ -168,3 +168,32 @@ def prefetch_for(resources: list[dict[str, Any]], keys: list[str]) -> dict[str, 
         else:
             out[key] = bundle(*(r for r in resources if r["resourceType"] == types[key]))
     return out
+
+
+def preflight(method: str, headers: str, origin: str = "https://sandbox.cds-hooks.org") -> dict[str, str]:
+    """The headers of a browser's CORS preflight for a ``method`` call sending ``headers``."""
+    return {
+        "Origin": origin,
+        "Access-Control-Request-Method": method,
+        "Access-Control-Request-Headers": headers,
+    }
+
+
+def accepted(card: dict[str, Any], at: str = NOW) -> dict[str, Any]:
+    """A feedback item accepting ``card``'s first suggestion."""
+    return {
+        "card": card["uuid"],
+        "outcome": "accepted",
+        "acceptedSuggestions": [{"id": card["suggestions"][0]["uuid"]}],
+        "outcomeTimestamp": at,
+    }
+
+
+def overridden(card: dict[str, Any], reason: dict[str, Any], comment: str, at: str = NOW) -> dict[str, Any]:
+    """A feedback item overriding ``card`` with ``reason`` (a Coding) and a comment."""
+    return {
+        "card": card["uuid"],
+        "outcome": "overridden",
+        "overrideReason": {"reason": reason, "userComment": comment},
+        "outcomeTimestamp": at,
+    }

@@ -37,6 +37,7 @@ from urllib.parse import urlencode
 
 import httpx
 
+from tests.support import builders
 from tests.support.jwt_tools import token
 
 ISSUER = "https://sandbox.cds-hooks.org"
@@ -128,14 +129,7 @@ class Sandbox:
 
     def preflight(self, url: str, method: str, headers: str) -> None:
         """The browser's CORS preflight; the real call is only sent if it allows the origin and headers."""
-        answer = self.http.options(
-            url,
-            headers={
-                "Origin": ORIGIN,
-                "Access-Control-Request-Method": method,
-                "Access-Control-Request-Headers": headers,
-            },
-        )
+        answer = self.http.options(url, headers=builders.preflight(method, headers, ORIGIN))
         assert answer.status_code in (200, 204), (url, answer.status_code, answer.text)
         assert answer.headers.get("access-control-allow-origin") in ("*", ORIGIN)
         allowed = answer.headers.get("access-control-allow-headers", "").lower()
