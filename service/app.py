@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -16,7 +15,7 @@ from cds_hooks.fhir import FhirAllowlist, FhirClient
 from cds_hooks.jwt import JwksCache
 from rules.engine.ruleset import load_ruleset
 from rules.engine.source import use_disk_cache
-from service import __version__
+from service import __version__, collector
 from service.audit import AuditWriter, PatientPseudonym
 from service.auth import load_clients
 from service.catalogue import build_catalogue
@@ -32,9 +31,6 @@ from service.state import AppState
 from service.storage.database import Database
 
 log = structlog.get_logger("lumbar")
-
-
-GC_THRESHOLD = 50_000
 
 
 def create_app(
@@ -87,12 +83,7 @@ def create_app(
         watcher = None
         if settings.rules_watch:
             watcher = asyncio.create_task(watch_rules(state, settings.rules_dir, stop), name="rules-watcher")
-        # Long-lived objects (rules, models) out of the collector's way: steadier tail latency (stack.md).
-        gc.collect()
-        gc.freeze()
-        # A large request allocates hundreds of thousands of short-lived objects; the default young-generation
-        # threshold (700) ran the collector hundreds of times per 5,000-Observation request (bench profile).
-        gc.set_threshold(GC_THRESHOLD, 20, 100)
+        collector.settle()  # long-lived objects out of the collector's way (service/collector.py)
         log.info("ready", rules=len(catalogue.ruleset.rules), version=catalogue.ruleset.version)
         try:
             yield
@@ -113,7 +104,7 @@ def create_app(
     )
     app.state.lumbar = state
     install_error_handlers(app)
-    app.include_router(cds.router)
+    cds.install(app)
     app.include_router(health.router)
     app.include_router(admin.router)
     install_openapi(app, list(catalogue.hooks))

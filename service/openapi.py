@@ -76,7 +76,13 @@ def install_openapi(app: FastAPI, service_ids: list[str]) -> None:
         schemas["OperationOutcome"] = _OUTCOME
         paths = doc["paths"]
         auth = {"401": _outcome("Missing or invalid client JWT")}
-        call = paths["/cds-services/{service_id}"]["post"]
+        call = paths.setdefault("/cds-services/{service_id}", {}).setdefault("post", {})
+        call.update(  # a plain Starlette route (service/routes/cds.py), which FastAPI does not describe
+            tags=["CDS Hooks"],
+            summary="Call a CDS service",
+            operationId="call_service",
+            parameters=[{"name": "service_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+        )
         call["requestBody"] = {
             "required": True,
             "content": {"application/json": {"schema": {"$ref": _REF.format(model="HookRequest")}}},

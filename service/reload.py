@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import hashlib
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +24,7 @@ from watchfiles import awatch
 
 from rules.engine.diagnostics import RuleSetError
 from rules.engine.ruleset import load_ruleset
+from service import collector
 from service.catalogue import build_catalogue
 from service.state import AppState
 
@@ -74,9 +74,7 @@ async def _reload(state: AppState, directory: Path) -> bool:
     state.metrics.set_ruleset(ruleset.version, len(ruleset.rules))
     log.info("rules reloaded", version=ruleset.version, previous=previous, rules=len(ruleset.rules))
     # The old rule set is garbage now: let the collector see it, then park the new long-lived objects.
-    gc.unfreeze()
-    gc.collect()
-    gc.freeze()
+    collector.settle()
     return True
 
 

@@ -7,16 +7,18 @@ from datetime import UTC, datetime
 
 import orjson
 import structlog
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, FastAPI, Request
 from pydantic import ValidationError
 from starlette.responses import Response
+from starlette.routing import Route
 
 from cds_hooks.errors import PrefetchUnavailable
 from cds_hooks.request import HookRequest, parse_hook_request
 from cds_hooks.response import FEEDBACK
 from rules.engine.evaluate import Evaluation, evaluate
 from service.audit import AuditRecord, from_evaluation
-from service.deps import Call
+from service.collector import paused
+from service.deps import Call, caller
 from service.errors import ProblemError
 from service.state import AppState
 
@@ -30,17 +32,33 @@ async def discovery(call: Call) -> Response:
     return Response(call.state.catalogue.discovery, media_type=JSON)
 
 
-@router.post("/cds-services/{service_id}", tags=["CDS Hooks"], summary="Call a CDS service")
-async def call_service(service_id: str, request: Request, call: Call) -> Response:
+HOOK_CALL_PATH = "/cds-services/{service_id}"
+
+
+def install(app: FastAPI) -> None:
+    """Add the CDS Hooks routes. The hook call is a plain Starlette route placed first: FastAPI's route
+    matching and dependency solving were a fifth of a small hook call (docs/performance.md); its OpenAPI
+    operation is written by service/openapi.py."""
+    app.router.routes.insert(0, Route(HOOK_CALL_PATH, call_service, methods=["POST"], name="call_service"))
+    app.include_router(router)
+
+
+async def call_service(request: Request) -> Response:
+    """Call a CDS service. The synchronous steps run with the cyclic garbage collector paused
+    (service/collector.py)."""
     started = time.perf_counter()
+    service_id: str = request.path_params["service_id"]
+    call = await caller(request)
     state, client = call.state, call.client
     catalogue = state.catalogue  # one read: the whole call uses one rule set even if a reload happens
     hook = catalogue.hooks.get(service_id)
     if hook is None:
         raise ProblemError(404, f"unknown CDS service {service_id!r}", expression=["id"])
     audit = _Audit(state, service_id, hook, client, catalogue.ruleset.version, started)
+    body = await request.body()
     try:
-        hook_request = parse_hook_request(await request.body())
+        with paused():
+            hook_request = parse_hook_request(body)
     except ValidationError as exc:
         await audit.done(400)
         raise ProblemError.invalid(exc) from None
@@ -72,11 +90,12 @@ async def call_service(service_id: str, request: Request, call: Call) -> Respons
         state.metrics.fhir_fetches.labels("ok").inc()
         state.metrics.fhir_latency.labels("ok").observe(time.perf_counter() - fetch_started)
         hook_request = hook_request.model_copy(update={"prefetch": prefetch})
-    evaluation = evaluate(catalogue.ruleset, hook_request, datetime.now(UTC))
-    body = orjson.dumps(evaluation.response().to_wire())
+    with paused():
+        evaluation = evaluate(catalogue.ruleset, hook_request, datetime.now(UTC))
+        answer = orjson.dumps(evaluation.response().to_wire())
     _record(state, evaluation, service_id, hook, started)
     await audit.done(200, evaluation)
-    return Response(body, media_type=JSON)
+    return Response(answer, media_type=JSON)
 
 
 def _record(state: AppState, evaluation: Evaluation, service_id: str, hook: str, started: float) -> None:
