@@ -32,6 +32,10 @@ class StrictCamelModel(BaseModel):
     )
 
 
+STRICT_CAMEL = ConfigDict(**{k: v for k, v in StrictCamelModel.model_config.items() if k != "frozen"})  # type: ignore[typeddict-item]
+"""The same configuration for pydantic dataclasses (which take ``frozen`` from their decorator)."""
+
+
 class WireModel(StrictCamelModel):
     """A CDS Hooks wire model: optional fields left at their default (None, empty) are not serialised."""
 

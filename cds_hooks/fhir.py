@@ -169,7 +169,7 @@ class FhirClient:
                 raise PrefetchUnavailable(key, "a next-page link did not return a Bundle")
             entries.extend(page.entry)
             bundle = page
-        return Bundle(resource_type="Bundle", type="searchset", entry=tuple(entries))
+        return Bundle(resourceType="Bundle", type="searchset", entry=tuple(entries))
 
     async def _get(self, key: str, url: str, headers: Mapping[str, str]) -> Resource:
         what = urlsplit(url).path.rsplit("/", 1)[-1] or "resource"
