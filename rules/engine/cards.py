@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.metadata
-import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -170,13 +169,14 @@ class CardPlan:
     notes: list[str] = field(default_factory=list)
 
 
-# Brackets are escaped so record text cannot form a link; parentheses alone are harmless.
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]#+!|<>~])")
+# Brackets are escaped so record text cannot form a link; parentheses alone are harmless. Line breaks
+# become spaces. (``str.translate``: a card's evidence lines are escaped on every call.)
+_MARKDOWN_ESCAPES = str.maketrans({"\n": " ", **{c: "\\" + c for c in "\\`*_{}[]#+!|<>~"}})
 
 
 def escape_markdown(text: str) -> str:
     """Escape text taken from the patient record before it goes into a card's markdown."""
-    return _MARKDOWN_SPECIAL.sub(r"\\\1", text.replace("\n", " "))
+    return text.translate(_MARKDOWN_ESCAPES)
 
 
 def _evidence_line(item: Evidence) -> str:

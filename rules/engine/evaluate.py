@@ -122,7 +122,8 @@ def evaluate(ruleset: RuleSet, request: HookRequest, now: datetime) -> Evaluatio
     if not record.has_context(ruleset.context):
         silent = {r.id: _plain(r.id, "no-context") for r in ruleset.rules}
         return Evaluation((), silent, tuple(record.notes), has_context=False)
-    resolve, indicator = ctx.resolve_rule, ctx.resolve_indicator
+    indicator = ctx.resolve_indicator
+    present = record.present()
     results: dict[str, list[Evidence]] = {}
     levels: dict[str, str] = {}
     errors: dict[str, str] = {}
@@ -131,13 +132,16 @@ def evaluate(ruleset: RuleSet, request: HookRequest, now: datetime) -> Evaluatio
         if hook not in rule.hooks:
             verdicts[rule.id] = _plain(rule.id, "not-applicable")
             continue
+        if not rule.may_fire(present):  # what resolving it would conclude, without the calls
+            verdicts[rule.id] = _plain(rule.id, "silent")
+            continue
         try:
-            found = resolve(ctx, rule.id)
-            level = indicator(ctx, rule.id)
+            level = indicator(ctx, rule.id)  # resolves the rule first
         except Exception as exc:  # noqa: BLE001  # one rule's bug must not hide the other rules' cards
             errors[rule.id] = f"{type(exc).__name__}: {exc}"
             verdicts[rule.id] = Verdict(rule.id, "error", error=errors[rule.id])
             continue
+        found = ctx.memo[rule.id]
         if found is None or level is None:
             verdicts[rule.id] = _plain(rule.id, "silent")
         else:
@@ -159,7 +163,9 @@ def evaluate(ruleset: RuleSet, request: HookRequest, now: datetime) -> Evaluatio
 
     plans = _card_plans(ruleset, ctx, groups, levels)
     modifiers = [
-        r.modifier for r in ruleset.rules if r.modifier is not None and verdicts[r.id].status == "fired"
+        r.modifier
+        for r in ruleset.modifier_rules
+        if r.modifier is not None and verdicts[r.id].status == "fired"
     ]
     plan_suggestions(plans, ctx, modifiers, ruleset.terminology)
     cards = [
@@ -233,8 +239,10 @@ def _card_plans(
 def _ratings(
     ruleset: RuleSet, ctx: EvalContext, verdicts: dict[str, Verdict], hook_instance: str
 ) -> list[Action]:
-    actions = []
-    for rule in ruleset.rules:
+    actions: list[Action] = []
+    if not ctx.record.drafts:
+        return actions
+    for rule in ruleset.rating_rules:
         rating = RATING_BY_VERDICT.get(verdicts[rule.id].status)
         if rule.pama_rating is None or rating is None:
             continue

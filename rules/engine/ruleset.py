@@ -117,6 +117,16 @@ class RuleSet:
         """The red-flag rules, each with the highest indicator it can reach."""
         return tuple((rule.id, rule.max_indicator) for rule in self.rules if rule.category == "red-flag")
 
+    @cached_property
+    def modifier_rules(self) -> tuple[CompiledRule, ...]:
+        """The rules that modify other cards' orders when they fire."""
+        return tuple(rule for rule in self.rules if rule.modifier is not None)
+
+    @cached_property
+    def rating_rules(self) -> tuple[CompiledRule, ...]:
+        """The rules that rate draft imaging orders (PAMA)."""
+        return tuple(rule for rule in self.rules if rule.pama_rating is not None)
+
     def rules_for(self, hook: str) -> list[CompiledRule]:
         return [rule for rule in self.rules if hook in rule.hooks]
 
