@@ -6,6 +6,7 @@ write and a commit survives the process being killed; PostgreSQL is used as conf
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import secrets
@@ -14,9 +15,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, delete, event, inspect, select, text
+from sqlalchemy import Connection, Engine, Table, create_engine, delete, event, insert, inspect, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
 
 from cds_hooks.response import FeedbackItem
 from service.storage.tables import audit_call, audit_card, audit_rule, feedback, jwt_replay, service_secret
@@ -62,6 +64,78 @@ def _sqlite_pragmas(connection: Any, _: Any) -> None:
     cursor.close()
 
 
+_ROWS_PER_INSERT = 500  # x at most 10 columns: within SQLite's 32,766 bound parameters per statement
+
+
+def _write_audit(connection: Connection, records: Sequence[AuditRecord], multirow: bool = False) -> None:
+    """The rows of ``records`` not yet written, with multi-row INSERT statements rather than one per row
+    (see :meth:`Database.write_audit`)."""
+    existing = set(
+        connection.execute(
+            select(audit_call.c.call_id).where(audit_call.c.call_id.in_([r.call_id for r in records]))
+        ).scalars()
+    )
+    fresh = [r for r in records if r.call_id not in existing]
+    calls = [
+        {
+            "call_id": r.call_id,
+            "hook_instance": r.hook_instance,
+            "service_id": r.service_id,
+            "hook": r.hook,
+            "client": r.client,
+            "patient": r.patient,
+            "ruleset_version": r.ruleset_version,
+            "status": r.status,
+            "latency_ms": r.latency_ms,
+            "created_at": r.created_at,
+        }
+        for r in fresh
+    ]
+    cards = [
+        {
+            "call_id": r.call_id,
+            "card_uuid": card.card_uuid,
+            "rule_id": card.rule_id,
+            "indicator": card.indicator,
+            "suggestions": json.dumps(list(card.suggestions)) if card.suggestions else None,
+        }
+        for r in fresh
+        for card in r.cards
+    ]
+    rules = [
+        {"call_id": r.call_id, "rule_id": rule.rule_id, "outcome": rule.outcome, "detail": rule.detail}
+        for r in fresh
+        for rule in r.rules
+    ]
+    for table, rows in ((audit_call, calls), (audit_card, cards), (audit_rule, rules)):
+        if not rows:
+            continue
+        if multirow:
+            _insert_multirow(connection, table, rows)
+        else:
+            connection.execute(insert(table), rows)
+
+
+def _insert_multirow(connection: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+    """INSERT up to ``_ROWS_PER_INSERT`` rows per statement (SQLite, qmark parameters), each value passed
+    through its column type's own bind processing, as SQLAlchemy would. (Compiling such statements with
+    SQLAlchemy cost 0.4 ms per record; ``RETURNING`` with "insertmanyvalues" steps once per row.)"""
+    columns = list(rows[0])
+    processors = [table.c[name].type.bind_processor(connection.dialect) for name in columns]
+    placeholders = "(" + ", ".join("?" * len(columns)) + ")"
+    quote = connection.dialect.identifier_preparer
+    names = ", ".join(quote.format_column(table.c[name]) for name in columns)
+    head = f"INSERT INTO {quote.format_table(table)} ({names}) VALUES "  # noqa: S608  # our identifiers; values bound
+    for start in range(0, len(rows), _ROWS_PER_INSERT):
+        chunk = rows[start : start + _ROWS_PER_INSERT]
+        params = [
+            process(row[name]) if process is not None else row[name]
+            for row in chunk
+            for name, process in zip(columns, processors, strict=True)
+        ]
+        connection.exec_driver_sql(head + ", ".join([placeholders] * len(chunk)), tuple(params))
+
+
 class Database:
     """Feedback storage; every write is committed before the caller answers the client."""
 
@@ -73,6 +147,12 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(url, pool_pre_ping=True)
         if self.dialect == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        # SQLite audit batches are written from a thread of their own, with the plain sqlite3 driver: see
+        # write_audit. (An in-memory database is private to its connection, so it keeps the async path.)
+        self._audit_engine: Engine | None = None
+        if self.dialect == "sqlite" and parsed.database not in (None, "", ":memory:"):
+            self._audit_engine = create_engine(parsed.set(drivername="sqlite"), poolclass=NullPool)
+            event.listen(self._audit_engine, "connect", _sqlite_pragmas)
         self._inserts = 0
 
     def _insert(self) -> Any:
@@ -172,62 +252,24 @@ class Database:
         return {row.card_uuid: row.rule_id for row in await connection.execute(query)}
 
     async def write_audit(self, records: Sequence[AuditRecord]) -> None:
-        """Write audit records in one transaction (one already written is skipped: retries are safe)."""
-        insert = self._insert()
-        calls = [
-            {
-                "call_id": r.call_id,
-                "hook_instance": r.hook_instance,
-                "service_id": r.service_id,
-                "hook": r.hook,
-                "client": r.client,
-                "patient": r.patient,
-                "ruleset_version": r.ruleset_version,
-                "status": r.status,
-                "latency_ms": r.latency_ms,
-                "created_at": r.created_at,
-            }
-            for r in records
-        ]
+        """Write audit records in one transaction (one already written is skipped: retries are safe).
+
+        With SQLite the whole batch is one call to a worker thread using the plain sqlite3 driver, not a
+        series of aiosqlite round trips: each round trip, like each SQLite statement, makes a thread give
+        the GIL back to a busy event loop and wait up to the interpreter's switch interval (5 ms) to get it
+        back. Under sustained load, with one statement per row, the audit backlog grew without bound
+        (bench: 13,000 records pending and +60 MB after 25 s at 1,500 calls/s).
+        """
+        if self._audit_engine is not None:
+            await asyncio.to_thread(self._write_audit_in_thread, self._audit_engine, records)
+            return
         async with self.engine.begin() as connection:
-            existing = set(
-                (
-                    await connection.execute(
-                        select(audit_call.c.call_id).where(
-                            audit_call.c.call_id.in_([c["call_id"] for c in calls])
-                        )
-                    )
-                ).scalars()
-            )
-            fresh = [r for r in records if r.call_id not in existing]
-            if not fresh:
-                return
-            await connection.execute(insert(audit_call), [c for c in calls if c["call_id"] not in existing])
-            cards = [
-                {
-                    "call_id": r.call_id,
-                    "card_uuid": card.card_uuid,
-                    "rule_id": card.rule_id,
-                    "indicator": card.indicator,
-                    "suggestions": json.dumps(list(card.suggestions)) if card.suggestions else None,
-                }
-                for r in fresh
-                for card in r.cards
-            ]
-            if cards:
-                await connection.execute(insert(audit_card), cards)
-            rules = [
-                {
-                    "call_id": r.call_id,
-                    "rule_id": rule.rule_id,
-                    "outcome": rule.outcome,
-                    "detail": rule.detail,
-                }
-                for r in fresh
-                for rule in r.rules
-            ]
-            if rules:
-                await connection.execute(insert(audit_rule), rules)
+            await connection.run_sync(_write_audit, records)
+
+    @staticmethod
+    def _write_audit_in_thread(engine: Engine, records: Sequence[AuditRecord]) -> None:
+        with engine.begin() as connection:
+            _write_audit(connection, records, multirow=True)
 
     async def secret(self, name: str, nbytes: int = 32) -> bytes:
         """A random secret shared by every worker and replica: made by the first to ask, read by the rest."""
@@ -262,3 +304,5 @@ class Database:
 
     async def close(self) -> None:
         await self.engine.dispose()
+        if self._audit_engine is not None:
+            self._audit_engine.dispose()

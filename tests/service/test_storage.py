@@ -122,6 +122,67 @@ async def test_writing_the_same_audit_record_twice_keeps_one(db: Database) -> No
     assert await _count(db, audit_rule) == 2
 
 
+async def test_a_large_batch_is_stored_exactly(db: Database) -> None:
+    # 1,201 calls: more rows per table than one multi-row INSERT holds, so the last statement is partial.
+    records = [
+        call((f"card-{i}", "rf-cauda-equina"), fired=["rf-cauda-equina"], suppressed=["adv-x"], at=T0)
+        for i in range(1201)
+    ]
+    records[7] = AuditRecord(  # the optional values absent
+        service_id="lumbar-order-sign",
+        hook="order-sign",
+        status=412,
+        latency_ms=0.5,
+        ruleset_version="v1",
+        created_at=T0 + timedelta(microseconds=123_456),
+    )
+    await db.write_audit(records)
+    assert await _count(db, audit_call) == 1201
+    assert await _count(db, audit_card) == 1200
+    assert await _count(db, audit_rule) == 2400
+    async with db.engine.connect() as connection:
+        rows = {r["call_id"]: r for r in (await connection.execute(select(audit_call))).mappings()}
+        sample = (
+            (await connection.execute(select(audit_card).where(audit_card.c.card_uuid == "card-1200")))
+            .mappings()
+            .one()
+        )
+    full, bare = rows[records[0].call_id], rows[records[7].call_id]
+    assert (full["client"], full["patient"], full["latency_ms"], full["status"]) == (
+        "https://ehr.example.org",
+        "hmac-sha256:ab",
+        3.2,
+        200,
+    )
+    assert full["created_at"].replace(tzinfo=UTC) == T0  # read back as the same instant
+    assert (bare["client"], bare["patient"], bare["hook_instance"], bare["status"]) == (None, None, None, 412)
+    assert bare["created_at"].replace(tzinfo=UTC) == T0 + timedelta(microseconds=123_456)
+    assert (sample["rule_id"], sample["indicator"], json.loads(sample["suggestions"])) == (
+        "rf-cauda-equina",
+        "critical",
+        ["s-1"],
+    )
+
+
+async def test_sqlite_writes_an_audit_batch_in_few_statements(tmp_path: Any) -> None:
+    # Each SQLite statement hands the GIL to and from the writer's thread; under load each hand-back can
+    # wait 5 ms, so the statements per batch must not grow with its rows (docs/performance.md).
+    from sqlalchemy import event
+
+    database = Database(f"sqlite+aiosqlite:///{tmp_path}/audit.db")
+    await database.migrate()
+    statements: list[str] = []
+    assert database._audit_engine is not None
+    event.listen(database._audit_engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    try:
+        await database.write_audit([call((f"c{i}", "r"), fired=["r", "s"]) for i in range(1000)])
+    finally:
+        await database.close()
+    inserts = [sql for sql in statements if sql.startswith("INSERT")]
+    assert len(inserts) == 2 + 2 + 4  # 1,000 calls, 1,000 cards, 2,000 rules; 500 rows per statement
+    assert len(statements) <= len(inserts) + 6
+
+
 async def test_the_generated_secret_is_shared(db: Database, database_url: str) -> None:
     first = await db.secret("audit-patient-key")
     other = Database(database_url)
