@@ -13,10 +13,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from cds_hooks.errors import PrefetchUnavailable
-from cds_hooks.request import HookRequest, parse_hook_request
+from cds_hooks.request import parse_hook_request
 from cds_hooks.response import FEEDBACK
 from rules.engine.evaluate import Evaluation, evaluate
 from service.audit import AuditRecord, from_evaluation
+from service.catalogue import Catalogue
 from service.collector import paused
 from service.deps import Call, caller
 from service.errors import ProblemError
@@ -44,8 +45,7 @@ def install(app: FastAPI) -> None:
 
 
 async def call_service(request: Request) -> Response:
-    """Call a CDS service. The synchronous steps run with the cyclic garbage collector paused
-    (service/collector.py)."""
+    """Call a CDS service."""
     started = time.perf_counter()
     service_id: str = request.path_params["service_id"]
     call = await caller(request)
@@ -56,13 +56,25 @@ async def call_service(request: Request) -> Response:
         raise ProblemError(404, f"unknown CDS service {service_id!r}", expression=["id"])
     audit = _Audit(state, service_id, hook, client, catalogue.ruleset.version, started)
     body = await request.body()
+    # The collector stays paused until the parsed request has been released (service/collector.py): a
+    # collection while it is alive would traverse all of it, 10 ms for 5,000 Observations (bench profile).
+    with paused():
+        evaluation, answer = await _evaluate(state, catalogue, service_id, hook, body, audit)
+    _record(state, evaluation, service_id, hook, started)
+    await audit.done(200, evaluation)
+    return Response(answer, media_type=JSON)
+
+
+async def _evaluate(
+    state: AppState, catalogue: Catalogue, service_id: str, hook: str, body: bytes, audit: _Audit
+) -> tuple[Evaluation, bytes]:
+    """Parse, complete the prefetch, evaluate, render: the evaluation and the response body."""
     try:
-        with paused():
-            hook_request = parse_hook_request(body)
+        hook_request = parse_hook_request(body)
     except ValidationError as exc:
         await audit.done(400)
         raise ProblemError.invalid(exc) from None
-    audit.request = hook_request
+    audit.hook_instance, audit.patient = hook_request.hook_instance, hook_request.context.patient_id
     if hook_request.hook != hook:
         await audit.done(400)
         raise ProblemError(
@@ -90,12 +102,8 @@ async def call_service(request: Request) -> Response:
         state.metrics.fhir_fetches.labels("ok").inc()
         state.metrics.fhir_latency.labels("ok").observe(time.perf_counter() - fetch_started)
         hook_request = hook_request.model_copy(update={"prefetch": prefetch})
-    with paused():
-        evaluation = evaluate(catalogue.ruleset, hook_request, datetime.now(UTC))
-        answer = orjson.dumps(evaluation.response().to_wire())
-    _record(state, evaluation, service_id, hook, started)
-    await audit.done(200, evaluation)
-    return Response(answer, media_type=JSON)
+    evaluation = evaluate(catalogue.ruleset, hook_request, datetime.now(UTC))
+    return evaluation, orjson.dumps(evaluation.response().to_wire())
 
 
 def _record(state: AppState, evaluation: Evaluation, service_id: str, hook: str, started: float) -> None:
@@ -128,12 +136,12 @@ class _Audit:
     ) -> None:
         self.state, self.service_id, self.hook, self.client = state, service_id, hook, client
         self.version, self.started = version, started
-        self.request: HookRequest | None = None
+        self.hook_instance: str | None = None  # known once the request has been parsed
+        self.patient: str | None = None
 
     async def done(self, status: int, evaluation: Evaluation | None = None) -> None:
         self.state.metrics.hook_calls.labels(self.service_id, self.hook, str(status)).inc()
         cards, rules = from_evaluation(evaluation) if evaluation is not None else ((), ())
-        patient = self.request.context.patient_id if self.request is not None else None
         assert self.state.audit is not None  # set by the lifespan
         assert self.state.pseudonym is not None
         await self.state.audit.submit(
@@ -143,9 +151,9 @@ class _Audit:
                 status=status,
                 latency_ms=round((time.perf_counter() - self.started) * 1000, 3),
                 ruleset_version=self.version,
-                hook_instance=self.request.hook_instance if self.request is not None else None,
+                hook_instance=self.hook_instance,
                 client=self.client,
-                patient=self.state.pseudonym(patient),
+                patient=self.state.pseudonym(self.patient),
                 cards=cards,
                 rules=rules,
             )
