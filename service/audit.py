@@ -29,7 +29,7 @@ log = structlog.get_logger("lumbar.audit")
 PatientMode = Literal["hash", "plain", "none"]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class AuditCard:
     card_uuid: str
     rule_id: str
@@ -37,16 +37,17 @@ class AuditCard:
     suggestions: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class AuditRule:
     rule_id: str
     outcome: Literal["fired", "suppressed", "error"]
     detail: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class AuditRecord:
-    """One hook call as the audit trail keeps it."""
+    """One hook call as the audit trail keeps it. (Slotted, not frozen: a frozen dataclass sets each field
+    through ``object.__setattr__``, and one record is made per hook call.)"""
 
     service_id: str
     hook: str
