@@ -157,6 +157,10 @@ async def test_a_large_batch_is_stored_exactly(db: Database) -> None:
     assert full["created_at"].replace(tzinfo=UTC) == T0  # read back as the same instant
     assert (bare["client"], bare["patient"], bare["hook_instance"], bare["status"]) == (None, None, None, 412)
     assert bare["created_at"].replace(tzinfo=UTC) == T0 + timedelta(microseconds=123_456)
+    if db.dialect == "sqlite":  # stored as SQLAlchemy stores it: purge and the report compare the text
+        async with db.engine.connect() as connection:
+            raw = (await connection.exec_driver_sql("SELECT DISTINCT created_at FROM audit_call")).scalars()
+            assert sorted(raw) == ["2026-11-01 09:00:00.000000", "2026-11-01 09:00:00.123456"]
     assert (sample["rule_id"], sample["indicator"], json.loads(sample["suggestions"])) == (
         "rf-cauda-equina",
         "critical",
