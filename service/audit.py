@@ -27,6 +27,7 @@ from service.storage.database import Database
 
 log = structlog.get_logger("lumbar.audit")
 PatientMode = Literal["hash", "plain", "none"]
+MAX_WRITE = 5_000  # records per audit transaction
 
 
 @dataclass(slots=True)
@@ -152,9 +153,12 @@ class AuditWriter:
         return None
 
     async def flush(self) -> bool:
-        """Write everything pending now; False (records kept for the next try) if the database failed."""
-        batch, self._pending = self._pending, []
-        if batch:
+        """Write everything pending now, at most ``MAX_WRITE`` records per transaction; False (records kept
+        for the next try) if the database failed."""
+        while self._pending:
+            # Bounded: after an outage up to twice ``max_pending`` records wait, and one write of them all
+            # would exceed the databases' limits on bound parameters (32,766) every time it was retried.
+            batch, self._pending = self._pending[:MAX_WRITE], self._pending[MAX_WRITE:]
             try:
                 await self._database.write_audit(batch)
             except Exception as exc:  # noqa: BLE001  # keep the records; the next flush retries them

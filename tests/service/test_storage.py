@@ -16,7 +16,7 @@ from alembic import command
 from sqlalchemy import func, inspect, select
 
 from cds_hooks.response import FEEDBACK, FeedbackItem
-from service.audit import AuditCard, AuditRecord, AuditRule, AuditWriter, PatientPseudonym
+from service.audit import MAX_WRITE, AuditCard, AuditRecord, AuditRule, AuditWriter, PatientPseudonym
 from service.metrics import Metrics
 from service.report import UNKNOWN_CARD, build_report, parse_bound
 from service.storage.database import Database, _alembic_config
@@ -304,6 +304,27 @@ async def test_the_writer_batches_and_flushes_on_close(db: Database) -> None:
     assert writer.rule_for_card("c7") == "rf-cauda-equina"
     await writer.close()
     assert await _count(db, audit_call) == 25
+
+
+async def test_a_large_backlog_is_written_in_bounded_transactions(database_url: str) -> None:
+    sizes: list[int] = []
+
+    class Counting(Database):
+        async def write_audit(self, records: Sequence[AuditRecord]) -> None:
+            sizes.append(len(records))
+            await super().write_audit(records)
+
+    db = Counting(database_url)
+    await db.migrate()
+    writer = AuditWriter(db, Metrics(), interval_s=60, batch_size=100_000, max_pending=100_000)
+    try:
+        for i in range(MAX_WRITE * 2 + 1):
+            await writer.submit(call((f"c{i}", "rf-cauda-equina")))
+        assert await writer.flush()
+        assert sizes == [MAX_WRITE, MAX_WRITE, 1]
+        assert await _count(db, audit_call) == MAX_WRITE * 2 + 1
+    finally:
+        await db.close()
 
 
 async def test_a_full_batch_is_written_without_waiting_for_the_interval(db: Database) -> None:
