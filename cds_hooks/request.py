@@ -19,6 +19,7 @@ from pydantic import (
     SecretStr,
     StringConstraints,
     TypeAdapter,
+    ValidationError,
     model_validator,
 )
 
@@ -157,5 +158,14 @@ def parse_hook_request(body: bytes | str) -> HookRequest:
     """
     request = HOOK_REQUEST.validate_json(body)
     if isinstance(request.context, _DraftOrdersContext):
-        request.context._draft_orders_raw = orjson.loads(body)["context"]["draftOrders"]
+        try:
+            raw = orjson.loads(body)
+        except (
+            orjson.JSONDecodeError
+        ) as exc:  # e.g. NaN in a field no model reads: pydantic's parser allows it
+            raise ValidationError.from_exception_data(
+                "HookRequest",
+                [{"type": "json_invalid", "loc": (), "input": None, "ctx": {"error": str(exc)}}],
+            ) from None
+        request.context._draft_orders_raw = raw["context"]["draftOrders"]
     return request

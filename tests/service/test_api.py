@@ -103,6 +103,13 @@ async def test_a_server_not_on_the_allowlist_is_412_and_never_contacted(
             "context.draftOrders: Field required",
         ),
         (json.dumps({**builders.hook_request(), "hookInstance": 5}).encode(), 400, "hookInstance"),
+        (  # NaN is not JSON, even where no model reads it (the draft orders are re-read as sent)
+            json.dumps(
+                {"junk": float("nan"), **builders.hook_request("order-sign", draftOrders=builders.bundle())}
+            ).encode(),
+            400,
+            "invalid JSON",
+        ),
     ],
 )
 async def test_malformed_requests_are_400_naming_the_field(
