@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 NOT_RULES = frozenset({"terminology.yaml"})
@@ -38,16 +36,3 @@ def replicate(source: Path, target: Path, copies: int) -> int:
             text = pattern.sub(lambda m, k=k: f"{m.group(1)}-x{k}", path.read_text(encoding="utf-8"))
             (target / f"{path.stem}-x{k}.yaml").write_text(text, encoding="utf-8")
     return len(files) * copies
-
-
-def check(catalogue: Path, timeout_s: float = 120.0) -> tuple[bool, str]:
-    """``python -m service check <catalogue>``: (passed, its last line of output)."""
-    done = subprocess.run(
-        [sys.executable, "-m", "service", "check", str(catalogue)],
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        check=False,
-    )
-    lines = (done.stdout + done.stderr).strip().splitlines()
-    return done.returncode == 0, lines[-1] if lines else f"exit {done.returncode}"

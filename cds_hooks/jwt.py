@@ -81,7 +81,6 @@ class JwksCache:
     max_bytes: int = 100_000
     _entries: dict[str, tuple[KeySet, float]] = field(default_factory=dict)
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
-    fetches: int = 0
 
     async def key_set(self, url: str, *, refresh: bool = False) -> KeySet:
         async with self._locks.setdefault(url, asyncio.Lock()):
@@ -100,7 +99,6 @@ class JwksCache:
             return keys
 
     async def _fetch(self, url: str) -> KeySet:
-        self.fetches += 1
         try:
             async with asyncio.timeout(self.timeout_s):
                 body = await get_bounded(

@@ -35,11 +35,6 @@ class KeyState(enum.Enum):
     PAGINATED = "paginated"  # a Bundle with link[next]: the service must fetch the rest
 
 
-def template_tokens(template: str) -> list[str]:
-    """The token names used in a template, e.g. ``['context.patientId']``."""
-    return _TOKEN.findall(template)
-
-
 def check_template(template: str) -> None:
     """Raise :class:`PrefetchTemplateError` if a template uses a token CDS Hooks 2.0 does not define."""
     for raw in _ANY_BRACES.findall(template):

@@ -1,11 +1,12 @@
 """The audit trail of hook calls, written off the request path.
 
 A hook call hands its record to the :class:`AuditWriter` and answers at once; a background task writes the
-pending records in one transaction every ``interval_s`` or as soon as ``batch_size`` are waiting. A failed
-write keeps the records and retries. When too many are pending (the database is slow or down) callers wait
-for the next flush instead of piling up memory: nothing handed over is dropped. Shutdown flushes whatever is
-left before the database closes. (A SIGKILL loses at most the records of the last ``interval_s``; feedback,
-which the client is told was stored, is committed before the answer and never depends on this.)
+pending records (at most ``MAX_WRITE`` per transaction) every ``interval_s`` or as soon as ``batch_size``
+are waiting. A failed write keeps the records and retries. When too many are pending (the database is slow
+or down) callers wait for the next flush instead of piling up memory: nothing handed over is dropped.
+Shutdown flushes whatever is left before the database closes. (A SIGKILL loses at most the records of the
+last ``interval_s``; feedback, which the client is told was stored, is committed before the answer and
+never depends on this.)
 """
 
 from __future__ import annotations
@@ -128,10 +129,6 @@ class AuditWriter:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="audit-writer")
-
-    @property
-    def pending(self) -> int:
-        return len(self._pending)
 
     async def submit(self, record: AuditRecord) -> None:
         """Queue ``record``; returns at once unless the backlog is full, then waits for a flush."""

@@ -28,8 +28,8 @@ def settle() -> None:
     gc.set_threshold(YOUNG_THRESHOLD, 20, 100)
 
 
-class Paused:
-    """``with PAUSED:`` runs a block with the collector off, restoring it after (nesting-safe)."""
+class paused:  # used like a function: ``with paused():``
+    """``with paused():`` runs a block with the collector off, restoring it after (nesting-safe)."""
 
     __slots__ = ("_resume",)
 
@@ -45,7 +45,3 @@ class Paused:
     ) -> None:
         if self._resume:
             gc.enable()
-
-
-def paused() -> Paused:
-    return Paused()

@@ -39,6 +39,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from cds_hooks.fhirtime import FhirInstantRange, parse_fhir_datetime
+from cds_hooks.outcome import operation_outcome
 
 BUNDLED_DEMO = Path(__file__).resolve().parent / "demo" / "patients"
 FHIR_JSON = "application/fhir+json; charset=utf-8"
@@ -348,13 +349,7 @@ def _fhir(body: dict[str, Any], status: int = 200) -> Response:
 
 
 def outcome(status: int, code: str, text: str) -> Response:
-    return _fhir(
-        {
-            "resourceType": "OperationOutcome",
-            "issue": [{"severity": "error", "code": code, "diagnostics": text}],
-        },
-        status,
-    )
+    return _fhir(operation_outcome(text, code=code), status)
 
 
 def capability(store: DemoStore, base: str) -> dict[str, Any]:

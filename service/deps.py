@@ -68,7 +68,7 @@ class Caller:
 async def caller(request: Request) -> Caller:
     """State and client in one dependency: FastAPI's dependency solving is a measurable part of a hook call
     (docs/performance.md), and the hook handlers always need both."""
-    state: AppState = request.app.state.lumbar
+    state = await get_state(request)
     return Caller(state, await client_issuer(request, state))
 
 

@@ -204,9 +204,7 @@ async def build_report(
 
     async with database.engine.connect() as connection:
         for rule_id, outcome, count in await connection.execute(outcomes):
-            setattr(
-                rule(rule_id), {"fired": "fired", "suppressed": "suppressed"}.get(outcome, "errors"), count
-            )
+            setattr(rule(rule_id), "errors" if outcome == "error" else outcome, count)
         for rule_id, count in await connection.execute(cards):
             rule(rule_id).cards = count
         total_calls = (await connection.execute(calls)).scalar_one()

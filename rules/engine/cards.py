@@ -133,7 +133,6 @@ class CardTemplate:
     rule_id: str
     category: str
     title: str
-    indicator: str
     summary: str
     detail: str
     source: Source

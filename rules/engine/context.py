@@ -7,12 +7,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
 
+from cds_hooks.response import INDICATOR_RANK
 from rules.engine.diagnostics import did_you_mean
 from rules.engine.facts import Episode, Evidence
 from rules.engine.record import PatientRecord
 from rules.engine.terminology import Terminology, ValueSet
 
-INDICATOR_ORDER = {"info": 0, "warning": 1, "critical": 2}
+INDICATOR_ORDER = INDICATOR_RANK  # how urgent each card indicator is
 
 Check = Callable[["EvalContext"], list[Evidence] | None]
 """A compiled condition: the evidence that makes it true, or None when it is false."""

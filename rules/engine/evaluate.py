@@ -162,11 +162,7 @@ def evaluate(ruleset: RuleSet, request: HookRequest, now: datetime) -> Evaluatio
         groups[owner].append((rule, found))
 
     plans = _card_plans(ruleset, ctx, groups, levels)
-    modifiers = [
-        r.modifier
-        for r in ruleset.modifier_rules
-        if r.modifier is not None and verdicts[r.id].status == "fired"
-    ]
+    modifiers = [modifier for rule_id, modifier in ruleset.modifiers if verdicts[rule_id].status == "fired"]
     plan_suggestions(plans, ctx, modifiers, ruleset.terminology)
     cards = [
         render_card(
@@ -242,12 +238,12 @@ def _ratings(
     actions: list[Action] = []
     if not ctx.record.drafts:
         return actions
-    for rule in ruleset.rating_rules:
-        rating = RATING_BY_VERDICT.get(verdicts[rule.id].status)
-        if rule.pama_rating is None or rating is None:
+    for rule_id, rated in ruleset.ratings:
+        rating = RATING_BY_VERDICT.get(verdicts[rule_id].status)
+        if rating is None:
             continue
         for draft in ctx.record.drafts:
-            if set(draft.codes) & rule.pama_rating.keys:
+            if set(draft.codes) & rated.keys:
                 action = rating_action(draft, rating, hook_instance)
                 if action is not None:
                     actions.append(action)

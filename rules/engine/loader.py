@@ -236,7 +236,6 @@ class Loader:
             parsed.id,
             parsed.category,
             parsed.title,
-            parsed.indicator,
             spec.summary,
             spec.detail,
             Source(label=spec.source.label, url=spec.source.url),
@@ -259,7 +258,7 @@ class Loader:
             target = self.resolve(target_ref, document, ("modifies", "replace", source_ref), terminology)
             if source is not None and target is not None:
                 replace[source] = {p: self.order(target, p, terminology) for p in PRIORITIES}
-        return Modifier(parsed.id, spec.reason, spec.note.strip(), replace)
+        return Modifier(spec.reason, spec.note.strip(), replace)
 
     def check_test_codes(
         self, case: schema.TestCase, document: SourceDocument, where: DataPath, terminology: Terminology

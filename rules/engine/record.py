@@ -3,6 +3,7 @@ by code, with the queries the rules ask of them. Resources about another patient
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -61,6 +62,13 @@ def _raw_drafts(request: HookRequest) -> dict[str, dict[str, Any]]:
     return out
 
 
+_FACT_MAKERS: dict[type, Callable[[Any, RecordBuilder], Fact | None]] = {
+    Observation: observation_fact,
+    Condition: condition_fact,
+    Procedure: procedure_fact,
+}
+
+
 @dataclass(eq=False)
 class PatientRecord:
     """The patient's normalised facts for one evaluation at ``now``."""
@@ -112,9 +120,9 @@ class PatientRecord:
             self.notes.append(f"{reference(resource)}: about another patient; ignored")
             return
         try:
-            if isinstance(resource, Observation | Condition | Procedure):
-                make = {Observation: observation_fact, Condition: condition_fact, Procedure: procedure_fact}
-                fact = make[type(resource)](resource, builder)  # type: ignore[operator]  # keyed by its type
+            make = _FACT_MAKERS.get(type(resource))
+            if make is not None:
+                fact = make(resource, builder)
                 if fact is not None:
                     self.facts.append(fact)
             elif isinstance(resource, MedicationStatement):

@@ -108,24 +108,20 @@ class RuleSet:
     prefetch: dict[str, dict[str, str]] = field(default_factory=dict)
     warnings: tuple[Diagnostic, ...] = ()  # problems that do not stop loading (e.g. unused value sets)
 
-    @property
-    def index(self) -> ValueSetIndex:
-        return self.builder.index
-
     @cached_property
     def red_flag_ids(self) -> tuple[tuple[str, str], ...]:
         """The red-flag rules, each with the highest indicator it can reach."""
         return tuple((rule.id, rule.max_indicator) for rule in self.rules if rule.category == "red-flag")
 
     @cached_property
-    def modifier_rules(self) -> tuple[CompiledRule, ...]:
-        """The rules that modify other cards' orders when they fire."""
-        return tuple(rule for rule in self.rules if rule.modifier is not None)
+    def modifiers(self) -> tuple[tuple[str, Modifier], ...]:
+        """The rules that modify other cards' orders when they fire, with their modifier."""
+        return tuple((rule.id, rule.modifier) for rule in self.rules if rule.modifier is not None)
 
     @cached_property
-    def rating_rules(self) -> tuple[CompiledRule, ...]:
-        """The rules that rate draft imaging orders (PAMA)."""
-        return tuple(rule for rule in self.rules if rule.pama_rating is not None)
+    def ratings(self) -> tuple[tuple[str, ValueSet], ...]:
+        """The rules that rate draft imaging orders (PAMA), with the orders they rate."""
+        return tuple((rule.id, rule.pama_rating) for rule in self.rules if rule.pama_rating is not None)
 
     def rules_for(self, hook: str) -> list[CompiledRule]:
         return [rule for rule in self.rules if hook in rule.hooks]

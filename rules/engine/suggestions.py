@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from rules.engine.cards import PRIORITY_RANK, CardPlan, OrderTemplate, PlannedOrder, SuggestionTemplate
+from rules.engine.cards import PRIORITY_RANK, CardPlan, OrderTemplate, PlannedOrder
 from rules.engine.context import INDICATOR_ORDER, EvalContext
 from rules.engine.facts import OrderFact
 from rules.engine.record import PatientRecord
@@ -28,7 +28,6 @@ from rules.engine.terminology import CodeKey, Terminology
 class Modifier:
     """Order swaps a firing rule imposes on every card (``modifies`` in the rule file)."""
 
-    rule_id: str
     reason: str
     note: str
     replace: dict[CodeKey, dict[str, OrderTemplate]]  # source code -> priority -> replacement
@@ -132,6 +131,3 @@ def existing_order(
                         fact.date_text,
                     )
     return None
-
-
-_ = SuggestionTemplate  # re-exported for readers of this module's docstring

@@ -41,12 +41,6 @@ class Terminology:
             return None, f"code {ref!r} is not in the project's terminology list (terminology.yaml)"
         return key, None
 
-    def codes_of(self, ref: str) -> list[str]:
-        """All ``alias:code`` references of the same system as ``ref``, for did-you-mean hints."""
-        alias = ref.partition(":")[0]
-        system = self.systems.get(alias)
-        return [f"{alias}:{code}" for (sys, code) in self.displays if sys == system]
-
     def display(self, key: CodeKey) -> str:
         return self.displays.get(key, key[1])
 

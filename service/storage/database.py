@@ -83,9 +83,9 @@ _CARD_COLUMNS = ("call_id", "card_uuid", "rule_id", "indicator", "suggestions")
 _RULE_COLUMNS = ("call_id", "rule_id", "outcome", "detail")
 
 
-def _write_audit(connection: Connection, records: Sequence[AuditRecord], multirow: bool = False) -> None:
-    """The rows of ``records`` not yet written, with multi-row INSERT statements rather than one per row
-    (see :meth:`Database.write_audit`)."""
+def _write_audit(connection: Connection, records: Sequence[AuditRecord]) -> None:
+    """The rows of ``records`` not yet written: with SQLite in multi-row INSERT statements rather than one
+    per row (see :meth:`Database.write_audit`), with PostgreSQL by the driver's executemany."""
     existing = set(
         connection.execute(
             select(audit_call.c.call_id).where(audit_call.c.call_id.in_([r.call_id for r in records]))
@@ -127,7 +127,7 @@ def _write_audit(connection: Connection, records: Sequence[AuditRecord], multiro
     for table, columns, rows in tables:
         if not rows:
             continue
-        if multirow:
+        if connection.dialect.name == "sqlite":
             _insert_multirow(connection, table, columns, rows)
         else:
             connection.execute(insert(table), [dict(zip(columns, row, strict=True)) for row in rows])
@@ -159,21 +159,34 @@ def _insert_multirow(
         connection.exec_driver_sql(head + ", ".join([placeholders] * len(chunk)), params)
 
 
+def _dialect_insert(dialect: str) -> Any:
+    """The dialect's INSERT (for ON CONFLICT DO NOTHING); only that dialect's module is imported."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+
+        return postgresql_insert
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert
+
+
 class Database:
     """Feedback storage; every write is committed before the caller answers the client."""
 
     def __init__(self, url: str) -> None:
         parsed = make_url(url)
-        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         self.dialect = parsed.get_backend_name()
+        sqlite_file = self.dialect == "sqlite" and parsed.database not in (None, "", ":memory:")
+        if sqlite_file:
+            Path(str(parsed.database)).parent.mkdir(parents=True, exist_ok=True)
         self.engine: AsyncEngine = create_async_engine(url, pool_pre_ping=True)
         if self.dialect == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         # SQLite audit batches are written from a thread of their own, with the plain sqlite3 driver: see
         # write_audit. (An in-memory database is private to its connection, so it keeps the async path.)
         self._audit_engine: Engine | None = None
-        if self.dialect == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        self._audit_thread: ThreadPoolExecutor | None = None
+        if sqlite_file:
             # One connection, kept, used only by the one audit thread. No prepared-statement cache: the
             # multi-row INSERTs differ in length from batch to batch, and sqlite3's cache (128 statements of
             # up to 5,000 parameters) grew the worker by ~25 MB under load.
@@ -186,16 +199,7 @@ class Database:
             event.listen(self._audit_engine, "connect", _sqlite_pragmas)
             self._audit_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lumbar-audit")
         self._inserts = 0
-
-    def _insert(self) -> Any:
-        """The dialect's INSERT (for ON CONFLICT DO NOTHING); only that dialect's module is imported."""
-        if self.dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-
-            return postgresql_insert
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        return sqlite_insert
+        self._upsert = _dialect_insert(self.dialect)
 
     async def migrate(self) -> None:
         """Bring the schema to the newest migration (a no-op when it is there already).
@@ -253,7 +257,7 @@ class Database:
                     "received_at": now,
                 }
             )
-        insert = self._insert()
+        insert = self._upsert
         async with self.engine.begin() as connection:
             if unknown:
                 rule_ids.update(await self._card_rules(connection, unknown))
@@ -265,7 +269,7 @@ class Database:
 
     async def remember_jti(self, issuer: str, jti: str, expires_at: int) -> bool:
         """Record a client JWT id; False if seen before (a replay). Expired ids are purged now and then."""
-        insert = self._insert()
+        insert = self._upsert
         statement = insert(jwt_replay).values(issuer=issuer, jti=jti, expires_at=expires_at)
         statement = statement.on_conflict_do_nothing(index_elements=["issuer", "jti"])
         async with self.engine.begin() as connection:
@@ -292,23 +296,22 @@ class Database:
         back. Under sustained load, with one statement per row, the audit backlog grew without bound
         (bench: 13,000 records pending and +60 MB after 25 s at 1,500 calls/s).
         """
-        if self._audit_engine is not None:
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(
-                self._audit_thread, self._write_audit_in_thread, self._audit_engine, records
+        if self._audit_thread is not None:
+            await asyncio.get_running_loop().run_in_executor(
+                self._audit_thread, self._write_audit_sync, records
             )
             return
         async with self.engine.begin() as connection:
             await connection.run_sync(_write_audit, records)
 
-    @staticmethod
-    def _write_audit_in_thread(engine: Engine, records: Sequence[AuditRecord]) -> None:
-        with engine.begin() as connection:
-            _write_audit(connection, records, multirow=True)
+    def _write_audit_sync(self, records: Sequence[AuditRecord]) -> None:
+        assert self._audit_engine is not None  # made with the audit thread
+        with self._audit_engine.begin() as connection:
+            _write_audit(connection, records)
 
     async def secret(self, name: str, nbytes: int = 32) -> bytes:
         """A random secret shared by every worker and replica: made by the first to ask, read by the rest."""
-        insert = self._insert()
+        insert = self._upsert
         candidate = secrets.token_hex(nbytes)
         async with self.engine.begin() as connection:
             await connection.execute(
@@ -339,6 +342,6 @@ class Database:
 
     async def close(self) -> None:
         await self.engine.dispose()
-        if self._audit_engine is not None:
+        if self._audit_thread is not None and self._audit_engine is not None:
             self._audit_thread.shutdown(wait=True)
             self._audit_engine.dispose()
