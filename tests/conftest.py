@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -40,6 +41,14 @@ def settings_factory(tmp_path: Path) -> Any:
         return Settings(**values)
 
     return make
+
+
+@pytest.fixture
+def catalog(tmp_path: Path) -> Path:
+    """A copy of the bundled rule catalogue to edit."""
+    target = tmp_path / "catalog"
+    shutil.copytree(BUNDLED_CATALOG, target)
+    return target
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

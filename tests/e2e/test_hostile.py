@@ -31,12 +31,6 @@ KEYS = builders.PATIENT_VIEW_KEYS
 
 
 @pytest.fixture(scope="module")
-def fhir() -> Iterator[FhirTestServer]:
-    with FhirTestServer() as server:  # the e2e conftest's autouse fixture empties it before every test
-        yield server
-
-
-@pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, fhir: FhirTestServer) -> Iterator[tuple[str, Path]]:
     root = tmp_path_factory.mktemp("hostile")
     (root / "clients.yaml").write_text(json.dumps({"clients": [{"issuer": ISSUER, "jwks": public_set(KEY)}]}))

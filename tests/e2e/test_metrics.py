@@ -51,4 +51,5 @@ def test_metrics_add_up_every_worker(tmp_path: Path) -> None:
 
 def test_a_wrong_count_would_be_caught() -> None:
     text = 'lumbar_hook_calls_total{hook="patient-view",service="lumbar-patient-view",status="200"} 20.0\n'
-    assert _hook_calls(text) != float(CALLS)
+    assert _hook_calls(text) == 20.0  # the parser reads the count ...
+    assert _hook_calls(text) != float(CALLS)  # ... so a wrong one differs

@@ -10,25 +10,13 @@ import pytest
 from rules import BUNDLED_CATALOG
 from rules.engine.diagnostics import RuleSetError
 from rules.engine.ruleset import load_ruleset
-
-
-@pytest.fixture
-def catalog(tmp_path: Path) -> Path:
-    target = tmp_path / "catalog"
-    shutil.copytree(BUNDLED_CATALOG, target)
-    return target
+from tests.support.files import edit
 
 
 def _errors(folder: Path) -> list[str]:
     with pytest.raises(RuleSetError) as caught:
         load_ruleset(folder)
     return [d.render() for d in caught.value.diagnostics]
-
-
-def _edit(path: Path, old: str, new: str) -> None:
-    text = path.read_text()
-    assert old in text, old
-    path.write_text(text.replace(old, new, 1))
 
 
 def _line_of(path: Path, needle: str) -> int:
@@ -43,7 +31,7 @@ def test_bundled_catalogue_loads(catalog: Path) -> None:
 
 def test_unknown_value_set_with_a_suggestion(catalog: Path) -> None:
     rule = catalog / "rf-ces-saddle-sensory-loss.yaml"
-    _edit(rule, "valueset: saddle-sensory-loss", "valueset: saddle-sensory-los")
+    edit(rule, "valueset: saddle-sensory-loss", "valueset: saddle-sensory-los")
     line = _line_of(rule, "saddle-sensory-los,")
     errors = _errors(catalog)
     assert any(
@@ -55,9 +43,9 @@ def test_unknown_value_set_with_a_suggestion(catalog: Path) -> None:
 
 
 def test_all_errors_of_all_files_are_reported_together(catalog: Path) -> None:
-    _edit(catalog / "rf-acute-motor-deficit.yaml", "indicator: critical", "indicator: urgent")
-    _edit(catalog / "adv-self-management-nonspecific.yaml", "category: advice", "category: advice\nsumary: x")
-    _edit(catalog / "valuesets" / "leg-weakness.yaml", "snomed:6077001", "snomed:6077002")
+    edit(catalog / "rf-acute-motor-deficit.yaml", "indicator: critical", "indicator: urgent")
+    edit(catalog / "adv-self-management-nonspecific.yaml", "category: advice", "category: advice\nsumary: x")
+    edit(catalog / "valuesets" / "leg-weakness.yaml", "snomed:6077001", "snomed:6077002")
     errors = _errors(catalog)
     joined = "\n".join(errors)
     assert (
@@ -71,18 +59,18 @@ def test_all_errors_of_all_files_are_reported_together(catalog: Path) -> None:
 
 def test_codes_outside_the_terminology_list_are_refused(catalog: Path) -> None:
     # Part E: 24531-6 is US Retroperitoneum, wrongly used as MRI lumbar in a public repository.
-    _edit(catalog / "rf-ces-sphincter-disturbance.yaml", "order: loinc:30679-5", "order: loinc:30679-6")
+    edit(catalog / "rf-ces-sphincter-disturbance.yaml", "order: loinc:30679-5", "order: loinc:30679-6")
     errors = _errors(catalog)
     assert any("code 'loinc:30679-6' is not in the project's terminology list" in e for e in errors), errors
 
 
 def test_duplicate_keys_and_yaml_syntax(catalog: Path) -> None:
-    _edit(
+    edit(
         catalog / "rf-ces-bilateral-radicular.yaml",
         "category: red-flag",
         "category: red-flag\ncategory: test",
     )
-    _edit(catalog / "test-no-imaging-acute-uncomplicated.yaml", "title:", "title: [unclosed\nx:")
+    edit(catalog / "test-no-imaging-acute-uncomplicated.yaml", "title:", "title: [unclosed\nx:")
     errors = "\n".join(_errors(catalog))
     assert "rf-ces-bilateral-radicular.yaml:5:1: error: invalid YAML:" in errors and "duplicate key" in errors
     assert "test-no-imaging-acute-uncomplicated.yaml" in errors
@@ -106,12 +94,12 @@ def test_a_rule_needs_both_test_directions(catalog: Path) -> None:
 
 
 def test_references_between_rules_are_checked(catalog: Path) -> None:
-    _edit(
+    edit(
         catalog / "rf-ces-saddle-sensory-loss.yaml",
         "consolidate_into: rf-ces-sphincter-disturbance",
         "consolidate_into: rf-ces-sphincter",
     )
-    _edit(
+    edit(
         catalog / "rf-acute-motor-deficit.yaml",
         "  - adv-self-management-nonspecific",
         "  - adv-self-management",
@@ -125,7 +113,7 @@ def test_references_between_rules_are_checked(catalog: Path) -> None:
 
 
 def test_advice_cannot_suppress_a_red_flag(catalog: Path) -> None:
-    _edit(
+    edit(
         catalog / "adv-self-management-nonspecific.yaml",
         "hooks: [patient-view, encounter-start]",
         "hooks: [patient-view, encounter-start]\nsuppresses: [rf-ces-sphincter-disturbance]",
@@ -135,12 +123,12 @@ def test_advice_cannot_suppress_a_red_flag(catalog: Path) -> None:
 
 
 def test_suppression_cycles_are_errors(catalog: Path) -> None:
-    _edit(
+    edit(
         catalog / "adv-self-management-nonspecific.yaml",
         "hooks: [patient-view, encounter-start]",
         "hooks: [patient-view, encounter-start]\nsuppresses: [test-no-imaging-acute-uncomplicated]",
     )
-    _edit(
+    edit(
         catalog / "test-no-imaging-acute-uncomplicated.yaml",
         "hooks: [patient-view, encounter-start]",
         "hooks: [patient-view, encounter-start]\nsuppresses: [adv-self-management-nonspecific]",
@@ -150,7 +138,7 @@ def test_suppression_cycles_are_errors(catalog: Path) -> None:
 
 def test_summary_over_139_characters_is_refused(catalog: Path) -> None:
     path = catalog / "adv-self-management-nonspecific.yaml"
-    _edit(path, 'summary: "Self-management:', 'summary: "' + "x" * 140 + " Self-management:")
+    edit(path, 'summary: "Self-management:', 'summary: "' + "x" * 140 + " Self-management:")
     assert any(
         "adv-self-management-nonspecific.yaml" in e and "CDS Hooks 2.0 wants fewer than 140" in e
         for e in _errors(catalog)
@@ -158,7 +146,7 @@ def test_summary_over_139_characters_is_refused(catalog: Path) -> None:
 
 
 def test_condition_needs_exactly_one_key(catalog: Path) -> None:
-    _edit(
+    edit(
         catalog / "rf-ces-saddle-sensory-loss.yaml", "when:\n  finding:", "when:\n  age: {gt: 3}\n  finding:"
     )
     assert any("a condition has 2 keys (finding, age)" in e for e in _errors(catalog))

@@ -19,8 +19,7 @@ from tests.support import builders
 from tests.support.live import live_demo_fhir
 
 ANCHOR = date(2026, 11, 21)
-LOINC = "http://loinc.org"
-SNOMED = "http://snomed.info/sct"
+LOINC, SNOMED = builders.LOINC, builders.SNOMED
 
 
 @pytest.fixture(scope="module")

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from rules import BUNDLED_CATALOG
 from service import reload as reload_module
 from service.app import create_app
 from service.reload import reload_rules
 from tests.conftest import running
+from tests.support.files import edit
 
 pytestmark = pytest.mark.anyio
 ADVICE = "adv-self-management-nonspecific.yaml"
@@ -23,25 +22,12 @@ OLD_SUMMARY = (
 )
 
 
-@pytest.fixture
-def catalog(tmp_path: Path) -> Path:
-    target = tmp_path / "catalog"
-    shutil.copytree(BUNDLED_CATALOG, target)
-    return target
-
-
-def _edit(path: Path, old: str, new: str) -> None:
-    text = path.read_text()
-    assert old in text
-    path.write_text(text.replace(old, new, 1))
-
-
 async def test_a_valid_change_is_swapped_in(settings_factory: Any, catalog: Path) -> None:
     app = create_app(settings_factory(rules_dir=catalog, rules_watch=False))
     state = app.state.lumbar
     async with running(app) as client:
         before = (await client.get("/readyz")).json()["rules"]["version"]
-        _edit(catalog / ADVICE, OLD_SUMMARY, "Self-management: stay active and use heat")
+        edit(catalog / ADVICE, OLD_SUMMARY, "Self-management: stay active and use heat")
         assert await reload_rules(state, catalog)
         ready = (await client.get("/readyz")).json()
         assert ready["rules"]["version"] != before
@@ -62,7 +48,7 @@ async def test_an_invalid_change_keeps_the_last_good_rules(settings_factory: Any
     state = app.state.lumbar
     async with running(app) as client:
         before = state.catalogue
-        _edit(catalog / ADVICE, "indicator: info", "indicator: loud")
+        edit(catalog / ADVICE, "indicator: info", "indicator: loud")
         assert not await reload_rules(state, catalog)
         assert state.catalogue is before
         ready = (await client.get("/readyz")).json()
@@ -82,7 +68,7 @@ async def test_the_watcher_reloads_within_two_seconds(settings_factory: Any, cat
         await asyncio.sleep(0.3)  # the watcher is listening
         before = state.catalogue.ruleset.version
         started = time.monotonic()
-        _edit(catalog / ADVICE, OLD_SUMMARY, "Self-management: stay active and keep moving")
+        edit(catalog / ADVICE, OLD_SUMMARY, "Self-management: stay active and keep moving")
         while state.catalogue.ruleset.version == before:
             assert time.monotonic() - started < 2.0, "the change was not picked up within 2 seconds"
             await asyncio.sleep(0.05)
@@ -95,7 +81,7 @@ async def test_a_change_the_watcher_missed_is_found_by_the_periodic_check(
     """A change lands before the worker listens (or inotify drops it): the fingerprint check finds it."""
     app = create_app(settings_factory(rules_dir=catalog, rules_watch=False))
     state = app.state.lumbar
-    _edit(catalog / ADVICE, OLD_SUMMARY, "Self-management: stay active and keep moving")  # after loading
+    edit(catalog / ADVICE, OLD_SUMMARY, "Self-management: stay active and keep moving")  # after loading
     monkeypatch.setattr(reload_module, "RECONCILE_S", 0.2)
     async with running(app):
         before = state.catalogue.ruleset.version
@@ -120,6 +106,6 @@ def test_the_fingerprint_sees_content_names_and_removals(catalog: Path) -> None:
     assert second != first
     (catalog / "extra.yaml").unlink()
     assert reload_module.catalogue_fingerprint(catalog) == first
-    _edit(catalog / ADVICE, "indicator: info", "indicator: warn")  # same size, later mtime
+    edit(catalog / ADVICE, "indicator: info", "indicator: warn")  # same size, later mtime
     assert reload_module.catalogue_fingerprint(catalog) != first
     assert reload_module.catalogue_fingerprint(catalog / "missing") != first

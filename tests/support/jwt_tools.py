@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from joserfc import jwt
-from joserfc.jwk import ECKey, KeySet, RSAKey
+from joserfc.jwk import ECKey, RSAKey
 
 BASE = "https://cds.example.org"
 
@@ -119,10 +119,6 @@ def tampered(good: str, **changes: Any) -> str:
     payload = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
     payload.update(changes)
     return f"{head}.{b64(payload)}.{signature}"
-
-
-def keyset(*keys: Any) -> KeySet:
-    return KeySet.import_key_set(public_set(*keys))
 
 
 def with_header(good: str, **changes: Any) -> str:
