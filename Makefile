@@ -37,8 +37,18 @@ test: lint rules-test
 	$(BIN)/python -m pytest -q
 
 # The benchmark (docs/performance.md): the service against a bare FastAPI baseline, as ratios. Not a test.
-bench: $(VENV)/.stamp-run
-	$(BIN)/python -m bench.run
+# Its own virtualenv holds the runtime dependencies only, as the container image does: test tools change
+# what the service imports (httpx loads its command line, rich and pygments, when they are installed).
+BENCH_VENV ?= .venv-bench
+
+$(BENCH_VENV)/.stamp: pyproject.toml
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/pip install --quiet -e .
+	touch $@
+
+bench: $(BENCH_VENV)/.stamp
+	$(BENCH_VENV)/bin/python -m bench.run
 
 # Regenerate the JSON Schemas editors use for rule files (a test checks they are current).
 schema: $(VENV)/.stamp-run
@@ -49,4 +59,4 @@ fmt: $(VENV)/.stamp-test
 	$(BIN)/ruff format cds_hooks rules service tests bench
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(BENCH_VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -54,7 +54,7 @@ def start(pid: int, duration_s: int, output: Path, rate: int = 200) -> subproces
     """
     exe = py_spy()
     if exe is None:
-        raise RuntimeError("py-spy is not installed (.venv/bin/pip install py-spy)")
+        raise RuntimeError("py-spy is not installed (.venv-bench/bin/pip install py-spy)")
     command = [exe, "record", "--pid", str(pid), "--duration", str(duration_s), "--rate", str(rate)]
     # --gil: only the thread holding the GIL, i.e. where the Python CPU time goes (idle pool threads waiting
     # on a lock would otherwise fill most samples).

@@ -106,9 +106,12 @@ def _table(rows: list[list[str]], header: list[str]) -> list[str]:
 
 
 def render(results: dict[str, Any]) -> str:
-    lines = [
-        f"Lumbar CDS benchmark, {results['meta']['date']} ({'quick' if results['meta']['quick'] else 'full'})"
-    ]
+    meta = results["meta"]
+    lines = [f"Lumbar CDS benchmark, {meta['date']} ({'quick' if meta['quick'] else 'full'})"]
+    if not meta.get("runtime_only", True):
+        lines.append(
+            "NOTE: test tools installed here make the service import more than in production"
+        )
     lines.append("")
     rows = [
         [

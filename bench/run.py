@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import json
 import os
 import platform
@@ -329,6 +330,8 @@ def meta(plan: Plan) -> dict[str, Any]:
         "versions": {
             p: metadata.version(p) for p in ("fastapi", "starlette", "uvicorn", "pydantic", "uvloop")
         },
+        # the container image installs the runtime dependencies only; test tools add imports (and memory)
+        "runtime_only": importlib.util.find_spec("pytest") is None,
         "plan": plan.__dict__,
     }
 
@@ -386,7 +389,7 @@ def run(plan: Plan, work: Path, live: list[Server], with_profile: bool) -> dict[
     )
     results["errors_total"] = load_errors + bad_status
     if with_profile and profile.py_spy() is None:
-        results["profile_skipped"] = "py-spy is not installed (.venv/bin/pip install py-spy)"
+        results["profile_skipped"] = "py-spy is not installed (.venv-bench/bin/pip install py-spy)"
         print(f"no profile: {results['profile_skipped']}", flush=True)
     elif with_profile:
         print("profiling the service with py-spy...", flush=True)
