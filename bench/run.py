@@ -71,10 +71,11 @@ def _env(work: Path, database: Path) -> dict[str, str]:
     }
 
 
-def start_service(name: str, work: Path, database: Path) -> Server:
+def start_service(name: str, work: Path, database: Path, rules: Path | None = None) -> Server:
     port = servers.free_port()
     args = ["-m", "service", "serve", "--host", servers.HOST, "--port", str(port), "--workers", "1"]
-    return servers.spawn(name, args, _env(work, database), work / f"{name}.log", ROOT)
+    env = _env(work, database) | ({"LUMBAR_RULES_DIR": str(rules)} if rules is not None else {})
+    return servers.spawn(name, args, env, work / f"{name}.log", ROOT)
 
 
 def start_baseline(work: Path) -> Server:
@@ -247,6 +248,48 @@ def inprocess(bodies: dict[str, bytes], plan: Plan, work: Path) -> tuple[dict[st
     return out, cat
 
 
+CATALOGUE_SCENARIOS = ("cauda-equina", "acute-lbp", "obs-50")
+
+
+def catalogue_served(
+    service: Server, plan: Plan, work: Path, live: list[Server], files: dict[str, Path]
+) -> dict[str, Any]:
+    """The 10x catalogue as a hook call sees it: a second service serving it, driven in turn with the 1x
+    one (1x, 10x, 1x, 10x, ...) at one connection with the same requests; end to end p50 and CPU."""
+    ten = start_service("service-10x", work, work / "bench-10x.db", rules=work / f"catalog-{plan.copies}x")
+    live.append(ten)
+    try:
+        servers.wait_ready(ten)
+        out: dict[str, Any] = {"requests": {}, "errors": 0}
+        for name in CATALOGUE_SCENARIOS:
+            body = files[name].read_bytes()
+            cards = {}
+            for label, server in (("1x", service), ("10x", ten)):
+                status, answer = servers.post(server.port, scenarios.SERVICE_PATH, body)
+                out["errors"] += status != 200
+                cards[label] = len(orjson.loads(answer).get("cards", [])) if status == 200 else None
+            duration = plan.scale_duration_s * 2 / 3
+            runs = alternate((service, ten), files[name], plan.rounds, 1, plan.scale_warmup_s, duration)
+            out["errors"] += sum(r[side]["errors"] for r in runs["runs"] for side in ("baseline", "service"))
+            one, many = runs["summary"]["baseline"], runs["summary"]["service"]  # (1x, 10x) in that order
+            out["requests"][name] = {
+                "p50_1x_ms": one["p50_ms"],
+                "p50_10x_ms": many["p50_ms"],
+                "ratio": round(many["p50_ms"] / one["p50_ms"], 2),
+                "cpu_1x_ms": one["cpu_ms_per_request"],
+                "cpu_10x_ms": many["cpu_ms_per_request"],
+                "cpu_ratio": round(many["cpu_ms_per_request"] / one["cpu_ms_per_request"], 2),
+                "cards_1x": cards["1x"],
+                "cards_10x": cards["10x"],
+            }
+        out["worst_ratio"] = max(r["ratio"] for r in out["requests"].values())
+        out["memory_10x"] = servers.memory_mb(ten.pid)
+        return out
+    finally:
+        servers.stop(ten)
+        live.remove(ten)
+
+
 def cold_starts(plan: Plan, work: Path, live: list[Server]) -> dict[str, Any]:
     """Spawn to first 200 on /readyz: once on an empty database and an empty cache of parsed rule files
     (what a first deployment does), then ``plan.cold_starts`` restarts on them."""
@@ -382,8 +425,11 @@ def run(plan: Plan, work: Path, live: list[Server], with_profile: bool) -> dict[
         "service": servers.memory_mb(service.pid),
         "baseline": servers.memory_mb(baseline.pid),
     }
+    print("the 10x catalogue served, against the 1x service, at 1 connection...", flush=True)
+    results["catalogue_served"] = catalogue_served(service, plan, work, live, files)
     every = [r for k in ("load", "load_acute") for r in results[k]["runs"]] + list(results["scale"].values())
     load_errors = sum(r[side]["errors"] for r in every for side in ("baseline", "service"))
+    load_errors += results["catalogue_served"]["errors"]
     bad_status = sum(
         (s["service_status"] != 200) + (s["baseline_status"] != 200) for s in results["scenarios"].values()
     )

@@ -72,6 +72,17 @@ def _plain(rule_id: str, status: Status) -> Verdict:
     return Verdict(rule_id, status)
 
 
+def _initial_verdicts(ruleset: RuleSet, hook: str) -> dict[str, Verdict]:
+    key = ("initial verdicts", hook)
+    if key not in ruleset.memo:
+        serves = {rule.id for rule in ruleset.rules_for(hook)}
+        ruleset.memo[key] = {
+            r.id: _plain(r.id, "silent" if r.id in serves else "not-applicable") for r in ruleset.rules
+        }
+    initial: dict[str, Verdict] = ruleset.memo[key]
+    return initial
+
+
 def _resolver(ruleset: RuleSet) -> tuple[Any, Any]:
     def resolve(ctx: EvalContext, rule_id: str) -> list[Evidence] | None:
         if rule_id not in ctx.memo:
@@ -127,13 +138,11 @@ def evaluate(ruleset: RuleSet, request: HookRequest, now: datetime) -> Evaluatio
     results: dict[str, list[Evidence]] = {}
     levels: dict[str, str] = {}
     errors: dict[str, str] = {}
-    verdicts: dict[str, Verdict] = {}
-    for rule in ruleset.rules:
-        if hook not in rule.hooks:
-            verdicts[rule.id] = _plain(rule.id, "not-applicable")
-            continue
+    # Every rule starts "silent" (this hook's) or "not-applicable", in catalogue order; a copy of a dict made
+    # once per rule set and hook. Only the rules that may fire are looked at again.
+    verdicts = _initial_verdicts(ruleset, hook).copy()
+    for rule in ruleset.rules_for(hook):
         if not rule.may_fire(present):  # what resolving it would conclude, without the calls
-            verdicts[rule.id] = _plain(rule.id, "silent")
             continue
         try:
             level = indicator(ctx, rule.id)  # resolves the rule first
@@ -142,9 +151,7 @@ def evaluate(ruleset: RuleSet, request: HookRequest, now: datetime) -> Evaluatio
             verdicts[rule.id] = Verdict(rule.id, "error", error=errors[rule.id])
             continue
         found = ctx.memo[rule.id]
-        if found is None or level is None:
-            verdicts[rule.id] = _plain(rule.id, "silent")
-        else:
+        if found is not None and level is not None:
             results[rule.id] = found + ctx.escalation_evidence.get(rule.id, [])
             levels[rule.id] = level
 
@@ -180,7 +187,7 @@ def evaluate(ruleset: RuleSet, request: HookRequest, now: datetime) -> Evaluatio
     notes = tuple(sorted(set(record.notes) | ctx.notes))
     return Evaluation(
         tuple(cards),
-        {r.id: verdicts[r.id] for r in ruleset.rules},
+        verdicts,  # in catalogue order: every rule has had its entry since _initial_verdicts
         notes,
         errors,
         system_actions=tuple(actions),
@@ -206,7 +213,7 @@ def _card_plans(
     groups: dict[str, list[tuple[CompiledRule, list[Evidence]]]],
     levels: dict[str, str],
 ) -> list[CardPlan]:
-    order = {rule.id: index for index, rule in enumerate(ruleset.rules)}
+    order = ruleset.order
     # Every card also cites the episode that gates it (B3/B4), or, with no dated pain record, what gives the
     # context at all.
     episode = ctx.resolve_episode()

@@ -123,8 +123,25 @@ class RuleSet:
         """The rules that rate draft imaging orders (PAMA), with the orders they rate."""
         return tuple((rule.id, rule.pama_rating) for rule in self.rules if rule.pama_rating is not None)
 
-    def rules_for(self, hook: str) -> list[CompiledRule]:
-        return [rule for rule in self.rules if hook in rule.hooks]
+    def rules_for(self, hook: str) -> tuple[CompiledRule, ...]:
+        """The rules that serve ``hook``, in catalogue order."""
+        return self.by_hook.get(hook, ())
+
+    @cached_property
+    def by_hook(self) -> dict[str, tuple[CompiledRule, ...]]:
+        hooks = sorted({hook for rule in self.rules for hook in rule.hooks})
+        return {hook: tuple(rule for rule in self.rules if hook in rule.hooks) for hook in hooks}
+
+    @cached_property
+    def order(self) -> dict[str, int]:
+        """Each rule's position in the catalogue (cards of equal urgency are shown in this order)."""
+        return {rule.id: index for index, rule in enumerate(self.rules)}
+
+    @cached_property
+    def memo(self) -> dict[Any, Any]:
+        """Structures the evaluator derives from this rule set once, on first use (the rule set is
+        immutable, and a reload builds a new one)."""
+        return {}
 
 
 def _compile_rule(
