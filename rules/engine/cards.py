@@ -136,7 +136,7 @@ class CardTemplate:
     summary: str
     detail: str
     source: Source
-    links: tuple[Link, ...]
+    links: tuple[Link, ...]  # the source guideline's first (``card_links``)
     reason: tuple[CodeKey, str] | None
     suggestions: tuple[SuggestionTemplate, ...]
     selection: str
@@ -268,16 +268,16 @@ def render_card(
         suggestions=tuple(suggestions),
         selection_behavior=template.selection if suggestions else None,  # type: ignore[arg-type]
         override_reasons=override_reasons(plan.indicator),
-        links=_links(template),
+        links=template.links,
         extension={"lumbar-cds": {"rules": plan.rules, "rulesetVersion": ruleset_version}},
     )
 
 
-def _links(template: CardTemplate) -> tuple[Link, ...]:
-    """The card's guideline links, its source guideline first (every card links to its guideline)."""
-    if template.source.url is None or any(link.url == template.source.url for link in template.links):
-        return template.links
-    return (Link(label=template.source.label, url=template.source.url, type="absolute"), *template.links)
+def card_links(source: Source, links: tuple[Link, ...]) -> tuple[Link, ...]:
+    """A card's guideline links, its source guideline first (every card links to its guideline)."""
+    if source.url is None or any(link.url == source.url for link in links):
+        return links
+    return (Link(label=source.label, url=source.url, type="absolute"), *links)
 
 
 def _uuid(*parts: str) -> str:

@@ -3,6 +3,12 @@
 Each node becomes ``check(ctx) -> list[Evidence] | None``: ``None`` when the condition is false, otherwise
 the evidence that made it true (possibly empty, e.g. for ``not``). Value sets, units and durations are
 resolved here, so evaluating a request does no lookups by name and cannot meet a typo.
+
+Rules ask the record the same questions (the bundled catalogue has 124 distinct record queries among 212
+uses). A query leaf (finding, quantity, weight loss, medication, order) is compiled for every rule that
+uses it, so each rule still records what it reads and gets its own diagnostics, but the rule set keeps one
+closure per query text, and an evaluation answers each one once (``EvalContext.answers``). The evidence
+lists checks return are therefore shared: callers build new lists and never change one in place.
 """
 
 from __future__ import annotations
@@ -85,7 +91,27 @@ def _compile(node: schema.Condition, path: DataPath, env: CompileEnv) -> tuple[C
         if node.at_least.count > len(kids):
             env.report((*path, "at_least", "count"), "count is larger than the number of conditions", None)
         return _at_least(node.at_least.count, kids), f"at least {node.at_least.count} of", kids
-    return _compile_leaf(node, path, env), _leaf(node), []
+    check = _compile_leaf(node, path, env)
+    if env.shared is not None and _SHARED_QUERIES.intersection(node.model_fields_set):
+        same = repr(node.model_dump(exclude_unset=True))  # the query exactly, types included
+        check = env.shared.setdefault(same, _answered_once(check))
+    return check, _leaf(node), []
+
+
+# The leaves that query the record; the others are cheaper than a lookup (age, gender, hook, episode) or
+# are memoised by rule already (rule, red_flags).
+_SHARED_QUERIES = frozenset({"finding", "quantity", "weight_loss", "medication", "order"})
+
+
+def _answered_once(check: Check) -> Check:
+    def run(ctx: EvalContext) -> list[Evidence] | None:
+        answers = ctx.answers
+        if run in answers:
+            return answers[run]
+        found = answers[run] = check(ctx)
+        return found
+
+    return run
 
 
 def _compile_leaf(node: schema.Condition, path: DataPath, env: CompileEnv) -> Check:

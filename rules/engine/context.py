@@ -56,6 +56,7 @@ class EvalContext:
     memo: dict[str, list[Evidence] | None] = field(default_factory=dict)
     indicators: dict[str, str | None] = field(default_factory=dict)
     escalation_evidence: dict[str, list[Evidence]] = field(default_factory=dict)
+    answers: dict[Check, list[Evidence] | None] = field(default_factory=dict)  # shared queries' results
     _episode: list[Episode | None] = field(default_factory=list)
 
     def resolve_episode(self) -> Episode | None:
@@ -89,6 +90,9 @@ class CompileEnv:
     needs: dict[Check, Needs] = field(default_factory=dict)  # see ``Needs``
 
     used: set[str] = field(default_factory=set)  # every value set this rule names, for the unused lint
+    # The rule set's record queries by their text, shared by every rule that asks the same question (see
+    # ``conditions``); None: no sharing (a file checked on its own).
+    shared: dict[str, Check] | None = None
 
     def valueset(self, name: str, path: DataPath) -> ValueSet | None:
         self.used.add(name)

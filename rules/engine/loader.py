@@ -13,7 +13,13 @@ from pydantic import ValidationError
 
 from cds_hooks.response import Link, Source
 from rules.engine import schema
-from rules.engine.cards import CardTemplate, OrderTemplate, SuggestionTemplate, build_service_request
+from rules.engine.cards import (
+    CardTemplate,
+    OrderTemplate,
+    SuggestionTemplate,
+    build_service_request,
+    card_links,
+)
 from rules.engine.conditions import compile_condition
 from rules.engine.context import Check, CompileEnv, DataPath, parse_duration
 from rules.engine.diagnostics import Diagnostic, did_you_mean
@@ -232,14 +238,17 @@ class Loader:
             (compile_condition(n.when, ("card", "notes", i, "when"), env), n.text)
             for i, n in enumerate(spec.notes)
         )
+        source = Source(label=spec.source.label, url=spec.source.url)
         return CardTemplate(
             parsed.id,
             parsed.category,
             parsed.title,
             spec.summary,
             spec.detail,
-            Source(label=spec.source.label, url=spec.source.url),
-            tuple(Link(label=link.label, url=link.url, type="absolute") for link in spec.links),
+            source,
+            card_links(
+                source, tuple(Link(label=link.label, url=link.url, type="absolute") for link in spec.links)
+            ),
             reason,
             tuple(suggestions),
             spec.selection,

@@ -145,7 +145,11 @@ class RuleSet:
 
 
 def _compile_rule(
-    loader: Loader, path: Path, valuesets: dict[str, ValueSet], terminology: Terminology
+    loader: Loader,
+    path: Path,
+    valuesets: dict[str, ValueSet],
+    terminology: Terminology,
+    shared: dict[str, Check],
 ) -> CompiledRule | None:
     document = loader.read(path)
     parsed: schema.RuleFile | None = loader.validate(schema.RuleFile, document)
@@ -162,7 +166,7 @@ def _compile_rule(
     def report(where: DataPath, message: str, help: str | None) -> None:
         loader.diagnostics.append(doc.diagnostic(where, message, help, at_value=True))
 
-    env = CompileEnv(valuesets, terminology, report)
+    env = CompileEnv(valuesets, terminology, report, shared=shared)
     check = compile_condition(parsed.when, ("when",), env)
     escalations = tuple(
         CompiledEscalation(e.indicator, compile_condition(e.when, ("escalate", i, "when"), env), e.summary)
@@ -354,8 +358,9 @@ def load_ruleset(directory: Path) -> RuleSet:
     compiled: dict[str, CompiledRule] = {}
     files = [path for path in sorted(directory.glob("*.yaml")) if path.name != "terminology.yaml"]
     failed: set[str] = set()
+    shared: dict[str, Check] = {}  # record queries by text, one closure each (see ``conditions``)
     for path in files:
-        rule = _compile_rule(loader, path, valuesets, terminology)
+        rule = _compile_rule(loader, path, valuesets, terminology, shared)
         if rule is None:
             failed.add(path.stem)
             continue
