@@ -24,7 +24,7 @@ def replicate(source: Path, target: Path, copies: int) -> int:
     """Write ``source`` with every rule file ``copies`` times into ``target`` (which must not exist).
 
     Returns:
-        The number of rule files written.
+        The number of rule files in ``target``, the originals included.
     """
     shutil.copytree(source, target)
     files = rule_files(source)

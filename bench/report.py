@@ -63,7 +63,7 @@ TARGETS = (
         lambda r: _get(r, "catalogue_served", "worst_ratio"),
     ),
     Target(
-        "cold start to first /readyz 200 (median of 3)",
+        "cold start to first /readyz 200 (median of the restarts)",
         "s",
         "< 2",
         lambda v: v < 2,
@@ -125,7 +125,8 @@ def render(results: dict[str, Any]) -> str:
     if load:
         lines += [
             "",
-            f"16 connections, {load['scenario']} request, median of {load['rounds']} alternating rounds:",
+            f"{load['connections']} connections, {load['scenario']} request, "
+            f"median of {load['rounds']} alternating rounds:",
         ]
         rows = []
         for name in ("baseline", "service"):

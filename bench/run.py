@@ -261,6 +261,7 @@ def catalogue_served(
     try:
         servers.wait_ready(ten)
         out: dict[str, Any] = {"requests": {}, "errors": 0}
+        duration = plan.scale_duration_s * 2 / 3
         for name in CATALOGUE_SCENARIOS:
             body = files[name].read_bytes()
             cards = {}
@@ -268,7 +269,6 @@ def catalogue_served(
                 status, answer = servers.post(server.port, scenarios.SERVICE_PATH, body)
                 out["errors"] += status != 200
                 cards[label] = len(orjson.loads(answer).get("cards", [])) if status == 200 else None
-            duration = plan.scale_duration_s * 2 / 3
             runs = alternate((service, ten), files[name], plan.rounds, 1, plan.scale_warmup_s, duration)
             out["errors"] += sum(r[side]["errors"] for r in runs["runs"] for side in ("baseline", "service"))
             one, many = runs["summary"]["baseline"], runs["summary"]["service"]  # (1x, 10x) in that order
@@ -379,6 +379,10 @@ def meta(plan: Plan) -> dict[str, Any]:
     }
 
 
+def _memory(*measured: Server) -> dict[str, dict[str, float]]:
+    return {server.name: servers.memory_mb(server.pid) for server in measured}
+
+
 def run(plan: Plan, work: Path, live: list[Server], with_profile: bool) -> dict[str, Any]:
     started = time.perf_counter()
     results: dict[str, Any] = {"meta": meta(plan)}
@@ -395,10 +399,7 @@ def run(plan: Plan, work: Path, live: list[Server], with_profile: bool) -> dict[
     live += [baseline, service]
     servers.wait_ready(baseline)
     servers.wait_ready(service)
-    results["memory_at_ready"] = {
-        "service": servers.memory_mb(service.pid),
-        "baseline": servers.memory_mb(baseline.pid),
-    }
+    results["memory_at_ready"] = _memory(service, baseline)
     pair = (baseline, service)
     small = {name: body for name, body in bodies.items() if not name.startswith("obs-")}
     results["scenarios"] = sanity(pair, small)  # the large ones later, so memory is seen before and after
@@ -411,7 +412,7 @@ def run(plan: Plan, work: Path, live: list[Server], with_profile: bool) -> dict[
     acute = alternate(pair, files["acute-lbp"], 1, plan.connections, plan.warmup_s, plan.duration_s)
     acute["summary"]["scenario"] = "acute-lbp"
     results["load_acute"] = acute
-    results["memory_after_16c"] = {"service": servers.memory_mb(service.pid)}  # before the large requests
+    results["memory_after_16c"] = _memory(service)  # before the large requests
     print("scale runs at 1 connection...", flush=True)
     results["scenarios"] |= sanity(pair, {name: body for name, body in bodies.items() if name not in small})
     results["scale"] = {}
@@ -421,10 +422,7 @@ def run(plan: Plan, work: Path, live: list[Server], with_profile: bool) -> dict[
         runs = alternate(pair, files[name], 1, 1, plan.scale_warmup_s, seconds)["runs"][0]
         runs["request_kb"] = round(len(bodies[name]) / 1000, 1)
         results["scale"][name] = runs
-    results["memory"] = {
-        "service": servers.memory_mb(service.pid),
-        "baseline": servers.memory_mb(baseline.pid),
-    }
+    results["memory"] = _memory(service, baseline)
     print("the 10x catalogue served, against the 1x service, at 1 connection...", flush=True)
     results["catalogue_served"] = catalogue_served(service, plan, work, live, files)
     every = [r for k in ("load", "load_acute") for r in results[k]["runs"]] + list(results["scale"].values())

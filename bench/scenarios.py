@@ -91,8 +91,7 @@ def observations(count: int, now: datetime) -> list[dict[str, Any]]:
 
 
 def _request(resources: list[dict[str, Any]]) -> bytes:
-    prefetch = builders.prefetch_for(resources, list(builders.PATIENT_VIEW_KEYS))
-    return orjson.dumps(builders.hook_request(prefetch=prefetch))
+    return orjson.dumps(builders.patient_view_request(resources))
 
 
 def acute_lbp(now: datetime) -> list[dict[str, Any]]:

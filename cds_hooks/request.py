@@ -160,9 +160,8 @@ def parse_hook_request(body: bytes | str) -> HookRequest:
     if isinstance(request.context, _DraftOrdersContext):
         try:
             raw = orjson.loads(body)
-        except (
-            orjson.JSONDecodeError
-        ) as exc:  # e.g. NaN in a field no model reads: pydantic's parser allows it
+        # e.g. NaN in a field no model reads: pydantic's parser allows it
+        except orjson.JSONDecodeError as exc:
             raise ValidationError.from_exception_data(
                 "HookRequest",
                 [{"type": "json_invalid", "loc": (), "input": None, "ctx": {"error": str(exc)}}],

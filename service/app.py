@@ -27,7 +27,7 @@ from service.openapi import install_openapi
 from service.reload import catalogue_fingerprint, watch_rules
 from service.routes import admin, cds, health
 from service.settings import Settings
-from service.state import AppState
+from service.state import AppState, ReloadStatus
 from service.storage.database import Database
 
 log = structlog.get_logger("lumbar")
@@ -50,8 +50,13 @@ def create_app(
     use_disk_cache(settings.cache_dir)
     fingerprint = catalogue_fingerprint(settings.rules_dir)  # before loading: a change during it is seen
     catalogue = build_catalogue(load_ruleset(settings.rules_dir))
-    state = AppState(settings, catalogue, Database(settings.database_url), Metrics())
-    state.reload.fingerprint = fingerprint
+    state = AppState(
+        settings,
+        catalogue,
+        Database(settings.database_url),
+        Metrics(),
+        reload=ReloadStatus(fingerprint=fingerprint),
+    )
     if settings.auth == "jwt" and settings.clients_file is not None:
         state.clients = load_clients(settings.clients_file)  # a bad file refuses start-up
 

@@ -218,7 +218,7 @@ def render_card(
             + f" ({escape_markdown(found.reference)})"
             for o, found in plan.already
         ]
-    card_id = _uuid(hook_instance, template.rule_id)
+    card_id = stable_uuid(hook_instance, template.rule_id)
     reasons = _reason_codes(template, evidence, terminology)
     references = [
         {"reference": e.reference}
@@ -239,7 +239,7 @@ def render_card(
         suggestions.append(
             Suggestion(
                 label=planned.label,
-                uuid=_uuid(card_id, order.code[0], order.code[1]),
+                uuid=stable_uuid(card_id, order.code[0], order.code[1]),
                 is_recommended=planned.recommended,
                 actions=(action,),
             )
@@ -252,7 +252,7 @@ def render_card(
         suggestions.append(
             Suggestion(
                 label=spec.label,
-                uuid=_uuid(card_id, "remove", *[d.reference for d in drafts]),
+                uuid=stable_uuid(card_id, "remove", *[d.reference for d in drafts]),
                 is_recommended=spec.recommended,
                 actions=actions,
             )
@@ -280,7 +280,7 @@ def card_links(source: Source, links: tuple[Link, ...]) -> tuple[Link, ...]:
     return (Link(label=source.label, url=source.url, type="absolute"), *links)
 
 
-def _uuid(*parts: str) -> str:
+def stable_uuid(*parts: str) -> str:
     """``str(uuid.uuid5(UUID_NAMESPACE, "|".join(parts)))``, without building a UUID object (a card has
     several: the profile put uuid5 at 5% of a hook call)."""
     return uuid5_text(UUID_NAMESPACE, "|".join(parts))

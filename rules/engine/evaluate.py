@@ -13,7 +13,6 @@ screening is incomplete.
 
 from __future__ import annotations
 
-import functools
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -66,18 +65,18 @@ class Evaluation:
         return [rule_id for rule_id, v in self.verdicts.items() if v.status == "fired"]
 
 
-@functools.lru_cache(maxsize=65_536)
-def _plain(rule_id: str, status: Status) -> Verdict:
-    """A verdict without evidence: immutable, so one instance serves every call (most rules, most calls)."""
-    return Verdict(rule_id, status)
-
-
-def _initial_verdicts(ruleset: RuleSet, hook: str) -> dict[str, Verdict]:
+def _initial_verdicts(ruleset: RuleSet, hook: str | None) -> dict[str, Verdict]:
+    """Every rule's verdict before any is resolved, in catalogue order: "silent" for the rules of ``hook``,
+    "not-applicable" for the others, "no-context" for all when ``hook`` is None (no back pain recorded).
+    Verdicts without evidence are immutable, so these are made once per rule set; callers copy the dict."""
     key = ("initial verdicts", hook)
     if key not in ruleset.memo:
-        serves = {rule.id for rule in ruleset.rules_for(hook)}
+        serves = {rule.id for rule in ruleset.rules_for(hook)} if hook is not None else set()
         ruleset.memo[key] = {
-            r.id: _plain(r.id, "silent" if r.id in serves else "not-applicable") for r in ruleset.rules
+            r.id: Verdict(
+                r.id, "no-context" if hook is None else "silent" if r.id in serves else "not-applicable"
+            )
+            for r in ruleset.rules
         }
     initial: dict[str, Verdict] = ruleset.memo[key]
     return initial
@@ -87,7 +86,7 @@ def _resolver(ruleset: RuleSet) -> tuple[Any, Any]:
     def resolve(ctx: EvalContext, rule_id: str) -> list[Evidence] | None:
         if rule_id not in ctx.memo:
             rule = ruleset.by_id[rule_id]
-            may = rule.may_fire(ctx.record.present())
+            may = rule.may_fire(ctx.record.present())  # for rules reached by reference (rule:, red_flags)
             ctx.memo[rule_id] = rule.check(ctx) if may else None
         return ctx.memo[rule_id]
 
@@ -131,7 +130,7 @@ def evaluate(ruleset: RuleSet, request: HookRequest, now: datetime) -> Evaluatio
     ctx = prepare(ruleset, request, now)
     record, hook = ctx.record, ctx.hook
     if not record.has_context(ruleset.context):
-        silent = {r.id: _plain(r.id, "no-context") for r in ruleset.rules}
+        silent = _initial_verdicts(ruleset, None).copy()
         return Evaluation((), silent, tuple(record.notes), has_context=False)
     indicator = ctx.resolve_indicator
     present = record.present()
@@ -151,7 +150,7 @@ def evaluate(ruleset: RuleSet, request: HookRequest, now: datetime) -> Evaluatio
             verdicts[rule.id] = Verdict(rule.id, "error", error=errors[rule.id])
             continue
         found = ctx.memo[rule.id]
-        if found is not None and level is not None:
+        if found is not None and level is not None:  # (a level is only given to a rule that resolved true)
             results[rule.id] = found + ctx.escalation_evidence.get(rule.id, [])
             levels[rule.id] = level
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from cds_hooks.response import Action
-from rules.engine.cards import UUID_NAMESPACE, uuid5_text
+from rules.engine.cards import stable_uuid
 from rules.engine.facts import OrderFact
 
 RATING_EXTENSION = "http://fhir.org/argonaut/Extension/pama-rating"
@@ -33,7 +33,7 @@ def rating_action(draft: OrderFact, rating: str, hook_instance: str) -> Action |
         for e in resource.get("extension", [])
         if not (isinstance(e, dict) and e.get("url") in (RATING_EXTENSION, CONSULT_EXTENSION))
     ]
-    consult = uuid5_text(UUID_NAMESPACE, f"{hook_instance}|{draft.reference}|rating")
+    consult = stable_uuid(hook_instance, draft.reference, "rating")
     resource["extension"] = [
         *kept,
         {

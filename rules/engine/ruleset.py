@@ -129,8 +129,11 @@ class RuleSet:
 
     @cached_property
     def by_hook(self) -> dict[str, tuple[CompiledRule, ...]]:
-        hooks = sorted({hook for rule in self.rules for hook in rule.hooks})
-        return {hook: tuple(rule for rule in self.rules if hook in rule.hooks) for hook in hooks}
+        lists: dict[str, list[CompiledRule]] = {}
+        for rule in self.rules:
+            for hook in rule.hooks:
+                lists.setdefault(hook, []).append(rule)
+        return {hook: tuple(rules) for hook, rules in lists.items()}
 
     @cached_property
     def order(self) -> dict[str, int]:

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from cds_hooks.fhirtime import parse_fhir_datetime
-from cds_hooks.request import parse_hook_request
+from cds_hooks.request import HookRequest, parse_hook_request
 from cds_hooks.response import Card
 from rules.engine.context import parse_duration
 from rules.engine.evaluate import Evaluation, evaluate
@@ -352,15 +352,19 @@ def check_expectations(
     return failures
 
 
+def case_request(case: TestCase, rule_id: str, ruleset: RuleSet) -> tuple[HookRequest, datetime]:
+    """An embedded case as the engine sees it: the parsed hook request and the case's ``now``."""
+    request = parse_hook_request(orjson.dumps(build_request(case, rule_id, ruleset)))
+    return request, parse_fhir_datetime(case.now).start
+
+
 def run_case(ruleset: RuleSet, rule: CompiledRule, index: int) -> CaseResult:
     """Run one embedded case of ``rule``."""
     case = rule.tests[index]
     line = rule.document.position(("tests", index))[0]
     result = CaseResult(rule.id, case.name, rule.path, line, xfail=case.xfail)
     try:
-        body = build_request(case, rule.id, ruleset)
-        request = parse_hook_request(orjson.dumps(body))
-        now = parse_fhir_datetime(case.now).start
+        request, now = case_request(case, rule.id, ruleset)
         result.evaluation = evaluate(ruleset, request, now)
     except Exception as exc:  # noqa: BLE001  # a broken case is a failure to report, not a crash
         result.failures.append(f"the case could not run: {type(exc).__name__}: {exc}")

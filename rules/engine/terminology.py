@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 
 CodeKey = tuple[str, str]
 """(system URI, code)."""
@@ -64,7 +65,7 @@ class ValueSet:
     text: re.Pattern[str] | None = None
     resources: frozenset[str] = frozenset({"Observation", "Condition"})
 
-    @property
+    @cached_property  # read per fact and per draft order on the request path
     def keys(self) -> frozenset[CodeKey]:
         """Every code that can make a resource a member (body-site-qualified ones included)."""
         return self.codes | frozenset(self.sited)

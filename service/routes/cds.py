@@ -20,7 +20,7 @@ from rules.engine.evaluate import Evaluation, evaluate
 from service import collector
 from service.audit import AuditRecord, from_evaluation
 from service.catalogue import Catalogue
-from service.deps import Call, caller
+from service.deps import Call, client_issuer
 from service.errors import ProblemError
 from service.state import AppState
 
@@ -49,8 +49,8 @@ async def call_service(request: Request) -> Response:
     """Call a CDS service."""
     started = time.perf_counter()
     service_id: str = request.path_params["service_id"]
-    call = await caller(request)
-    state, client = call.state, call.client
+    state: AppState = request.app.state.lumbar  # (no Caller object per call: the hot path, see install)
+    client = await client_issuer(request, state)
     catalogue = state.catalogue  # one read: the whole call uses one rule set even if a reload happens
     hook = catalogue.hooks.get(service_id)
     if hook is None:
@@ -59,8 +59,12 @@ async def call_service(request: Request) -> Response:
     body = await request.body()
     # The collector stays paused until the parsed request has been released (service/collector.py): a
     # collection while it is alive would traverse all of it, 10 ms for 5,000 Observations (bench profile).
-    with collector.paused():
-        evaluation, answer = await _evaluate(state, catalogue, service_id, hook, body, audit)
+    try:
+        with collector.paused():
+            evaluation, answer = await _evaluate(state, catalogue, service_id, hook, body, audit)
+    except ProblemError as exc:  # refused (400, 412): audited too
+        await audit.done(exc.status)
+        raise
     _record(state, evaluation, service_id, hook, started)
     await audit.done(200, evaluation)
     # After a large body, give the memory its parse needed back to the system once the answer is sent.
@@ -75,11 +79,9 @@ async def _evaluate(
     try:
         hook_request = parse_hook_request(body)
     except ValidationError as exc:
-        await audit.done(400)
         raise ProblemError.invalid(exc) from None
     audit.hook_instance, audit.patient = hook_request.hook_instance, hook_request.context.patient_id
     if hook_request.hook != hook:
-        await audit.done(400)
         raise ProblemError(
             400,
             f"hook {hook_request.hook!r} sent to service {service_id!r}, which serves {hook!r}",
@@ -95,7 +97,6 @@ async def _evaluate(
         state.metrics.fhir_fetches.labels("failed").inc()
         state.metrics.fhir_latency.labels("failed").observe(time.perf_counter() - fetch_started)
         log.warning("prefetch unavailable", key=exc.key, reason=exc.reason)
-        await audit.done(412)
         raise ProblemError(
             412,
             f"required data unavailable: prefetch {exc.key!r}: {exc.reason}",
@@ -173,8 +174,10 @@ async def feedback(service_id: str, request: Request, call: Call) -> Response:
     except ValidationError as exc:
         raise ProblemError.invalid(exc) from None
     assert state.audit is not None  # set by the lifespan
-    pending = {item.card: state.audit.rule_for_card(item.card) for item in parsed.feedback}
-    known = {card: rule for card, rule in pending.items() if rule is not None}
+    audit = state.audit
+    known = {
+        item.card: rule for item in parsed.feedback if (rule := audit.rule_for_card(item.card)) is not None
+    }
     try:
         stored = await state.database.store_feedback(service_id, parsed.feedback, client, known)
     except Exception as exc:  # noqa: BLE001  # not acknowledged, so the client may retry: nothing is lost

@@ -55,6 +55,15 @@ def _upgrade(connection: Connection) -> None:
     command.upgrade(config, "head")
 
 
+_JTI_GRACE_S = 120  # expired JWT ids are kept this much longer (clock skew between replicas)
+
+
+def _expired_jtis() -> Any:
+    """DELETE of the JWT ids past their expiry (and the grace): the replay store's housekeeping."""
+    now = int(datetime.now(UTC).timestamp())
+    return delete(jwt_replay).where(jwt_replay.c.expires_at < now - _JTI_GRACE_S)
+
+
 def _sqlite_pragmas(connection: Any, _: Any) -> None:
     cursor = connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -257,27 +266,26 @@ class Database:
                     "received_at": now,
                 }
             )
-        insert = self._upsert
         async with self.engine.begin() as connection:
             if unknown:
                 rule_ids.update(await self._card_rules(connection, unknown))
             for row in rows:
                 row["rule_id"] = rule_ids.get(row["card_uuid"])
-            statement = insert(feedback).values(rows).on_conflict_do_nothing(index_elements=["dedup_key"])
+            statement = (
+                self._upsert(feedback).values(rows).on_conflict_do_nothing(index_elements=["dedup_key"])
+            )
             result = await connection.execute(statement)
         return max(result.rowcount or 0, 0)
 
     async def remember_jti(self, issuer: str, jti: str, expires_at: int) -> bool:
         """Record a client JWT id; False if seen before (a replay). Expired ids are purged now and then."""
-        insert = self._upsert
-        statement = insert(jwt_replay).values(issuer=issuer, jti=jti, expires_at=expires_at)
+        statement = self._upsert(jwt_replay).values(issuer=issuer, jti=jti, expires_at=expires_at)
         statement = statement.on_conflict_do_nothing(index_elements=["issuer", "jti"])
         async with self.engine.begin() as connection:
             result = await connection.execute(statement)
             self._inserts += 1
             if self._inserts % 500 == 0:
-                now = int(datetime.now(UTC).timestamp())
-                await connection.execute(jwt_replay.delete().where(jwt_replay.c.expires_at < now - 120))
+                await connection.execute(_expired_jtis())
         return bool(result.rowcount)
 
     @staticmethod
@@ -309,13 +317,12 @@ class Database:
         with self._audit_engine.begin() as connection:
             _write_audit(connection, records)
 
-    async def secret(self, name: str, nbytes: int = 32) -> bytes:
+    async def secret(self, name: str) -> bytes:
         """A random secret shared by every worker and replica: made by the first to ask, read by the rest."""
-        insert = self._upsert
-        candidate = secrets.token_hex(nbytes)
+        candidate = secrets.token_hex(32)
         async with self.engine.begin() as connection:
             await connection.execute(
-                insert(service_secret)
+                self._upsert(service_secret)
                 .values(name=name, value=candidate)
                 .on_conflict_do_nothing(index_elements=["name"])
             )
@@ -331,8 +338,7 @@ class Database:
             cards = await connection.execute(delete(audit_card).where(audit_card.c.call_id.in_(old_calls)))
             rules = await connection.execute(delete(audit_rule).where(audit_rule.c.call_id.in_(old_calls)))
             calls = await connection.execute(delete(audit_call).where(audit_call.c.created_at < before))
-            now = int(datetime.now(UTC).timestamp())
-            jtis = await connection.execute(delete(jwt_replay).where(jwt_replay.c.expires_at < now - 120))
+            jtis = await connection.execute(_expired_jtis())
         return {
             "audit_call": calls.rowcount or 0,
             "audit_card": cards.rowcount or 0,

@@ -95,12 +95,9 @@ def test_every_acknowledged_feedback_survives_sigkill(database_url: str, tmp_pat
 
 def test_a_new_user_sees_their_feedback_in_the_report(database_url: str, tmp_path: Path) -> None:
     env = {"LUMBAR_DATABASE_URL": database_url}
-    keys = list(builders.PATIENT_VIEW_KEYS)
-    red_flag = builders.hook_request(
-        prefetch=builders.prefetch_for(builders.lbp_patient_with_retention(), keys)
-    )
+    red_flag = builders.patient_view_request(builders.lbp_patient_with_retention())
     plain = [builders.patient(), builders.condition("lbp", "279039007", "2026-11-15")]
-    advice = builders.hook_request(prefetch=builders.prefetch_for(plain, keys))
+    advice = builders.patient_view_request(plain)
     with live_service(env, log=tmp_path / "service.log") as base:
         critical = httpx.post(base + SERVICE, json=red_flag).json()["cards"][0]
         imaging = next(

@@ -9,14 +9,13 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 
-from cds_hooks.fhirtime import parse_fhir_datetime
 from cds_hooks.request import parse_hook_request
 from rules.engine import schema
 from rules.engine.conditions import _needs
 from rules.engine.evaluate import evaluate, prepare
 from rules.engine.facts import MEDICATIONS, ORDERS, Fact
 from rules.engine.ruleset import RuleSet
-from rules.engine.selftest import build_request
+from rules.engine.selftest import case_request
 from rules.engine.terminology import ValueSet
 from tests.support import builders
 
@@ -60,8 +59,8 @@ def test_skipping_never_hides_a_rule_that_would_be_true(ruleset: RuleSet) -> Non
     checked = skipped = 0
     for rule_id, index in _cases(ruleset):
         case = ruleset.by_id[rule_id].tests[index]
-        request = parse_hook_request(orjson.dumps(build_request(case, rule_id, ruleset)))
-        ctx = prepare(ruleset, request, parse_fhir_datetime(case.now).start)
+        request, now = case_request(case, rule_id, ruleset)
+        ctx = prepare(ruleset, request, now)
         present = ctx.record.present()
         for rule in ruleset.rules:
             checked += 1
@@ -86,8 +85,8 @@ def test_members_follow_the_value_set_definitions(ruleset: RuleSet) -> None:
     checked = 0
     for rule_id, index in _cases(ruleset)[::3]:
         case = ruleset.by_id[rule_id].tests[index]
-        request = parse_hook_request(orjson.dumps(build_request(case, rule_id, ruleset)))
-        record = prepare(ruleset, request, parse_fhir_datetime(case.now).start).record
+        request, now = case_request(case, rule_id, ruleset)
+        record = prepare(ruleset, request, now).record
         present = record.present()
         for name, vs in ruleset.valuesets.items():
             expected = [fact for fact in record.facts if _belongs(fact, vs)]

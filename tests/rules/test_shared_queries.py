@@ -6,16 +6,13 @@ from __future__ import annotations
 
 from collections import Counter
 
-import orjson
 import pytest
 
-from cds_hooks.fhirtime import parse_fhir_datetime
-from cds_hooks.request import parse_hook_request
 from rules import BUNDLED_CATALOG
 from rules.engine import conditions
 from rules.engine.evaluate import Evaluation, evaluate, prepare
 from rules.engine.ruleset import RuleSet, load_ruleset
-from rules.engine.selftest import build_request
+from rules.engine.selftest import case_request
 
 SHARED = "finding: {valueset: saddle-sensory-loss, new: true}"  # asked by two cauda equina rules
 
@@ -43,13 +40,13 @@ def test_a_shared_question_is_answered_once_per_evaluation(ruleset: RuleSet) -> 
     users = _checks_named(ruleset, SHARED)
     rule_id = next(iter(users))
     case = ruleset.by_id[rule_id].tests[0]
-    request = parse_hook_request(orjson.dumps(build_request(case, rule_id, ruleset)))
-    ctx = prepare(ruleset, request, parse_fhir_datetime(case.now).start)
+    request, now = case_request(case, rule_id, ruleset)
+    ctx = prepare(ruleset, request, now)
     check = next(iter(users.values()))
     first = check(ctx)  # type: ignore[operator]
     assert check in ctx.answers
     assert check(ctx) is first  # type: ignore[operator]  # the same answer, not asked again
-    fresh = prepare(ruleset, request, parse_fhir_datetime(case.now).start)
+    fresh = prepare(ruleset, request, now)
     assert check not in fresh.answers  # nothing carries over to the next evaluation
 
 
@@ -59,7 +56,7 @@ def test_each_rule_still_records_what_it_reads(ruleset: RuleSet) -> None:
 
 
 @pytest.fixture(scope="module")
-def unshared(request: pytest.FixtureRequest) -> RuleSet:
+def unshared() -> RuleSet:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(conditions, "_SHARED_QUERIES", frozenset())
         return load_ruleset(BUNDLED_CATALOG)
@@ -81,8 +78,7 @@ def test_sharing_changes_no_answer_on_any_embedded_case(ruleset: RuleSet, unshar
     compared = 0
     for rule in ruleset.rules:
         for case in rule.tests:
-            request = parse_hook_request(orjson.dumps(build_request(case, rule.id, ruleset)))
-            now = parse_fhir_datetime(case.now).start
+            request, now = case_request(case, rule.id, ruleset)
             shared, alone = evaluate(ruleset, request, now), evaluate(unshared, request, now)
             assert _outcome(shared) == _outcome(alone), f"{rule.id} case {case.name}"
             compared += 1

@@ -30,13 +30,13 @@ OVERRIDE = {
 def _retention() -> dict[str, Any]:
     """Low back pain with retention of urine: the critical cauda equina card."""
     resources = builders.lbp_patient_with_retention()
-    return builders.hook_request(prefetch=builders.prefetch_for(resources, list(builders.PATIENT_VIEW_KEYS)))
+    return builders.patient_view_request(resources)
 
 
 def _plain_back_pain() -> dict[str, Any]:
     """Acute low back pain and nothing else: self-management, no imaging, STarT Back screening."""
     resources = [builders.patient(), builders.condition("lbp", "279039007", "2026-11-15")]
-    return builders.hook_request(prefetch=builders.prefetch_for(resources, list(builders.PATIENT_VIEW_KEYS)))
+    return builders.patient_view_request(resources)
 
 
 async def _rows(database_url: str, table: Any) -> list[Any]:

@@ -81,13 +81,7 @@ async def test_the_collector_is_on_after_every_kind_of_hook_call(
 ) -> None:
     fhir_server.resources = builders.lbp_patient_with_retention()
     bodies = {
-        "200": json.dumps(
-            builders.hook_request(
-                prefetch=builders.prefetch_for(
-                    builders.lbp_patient_with_retention(), list(builders.PATIENT_VIEW_KEYS)
-                )
-            )
-        ).encode(),
+        "200": json.dumps(builders.patient_view_request(builders.lbp_patient_with_retention())).encode(),
         "400": b'{"hook": "patient-view"}',
         "412": json.dumps(builders.hook_request()).encode(),
         "fetched": json.dumps(builders.hook_request(fhir_server=fhir_server.base_url)).encode(),
@@ -126,13 +120,7 @@ async def test_memory_is_trimmed_after_a_large_hook_call_only(
     calls: list[float] = []
     monkeypatch.setattr(collector, "TRIM_AFTER_BYTES", threshold)
     monkeypatch.setattr(collector, "trim", lambda: calls.append(1.0))
-    body = json.dumps(
-        builders.hook_request(
-            prefetch=builders.prefetch_for(
-                builders.lbp_patient_with_retention(), list(builders.PATIENT_VIEW_KEYS)
-            )
-        )
-    ).encode()
+    body = json.dumps(builders.patient_view_request(builders.lbp_patient_with_retention())).encode()
     assert 1_000 < len(body) < 10_000_000
     async with running(create_app(settings_factory())) as client:
         response = await client.post(SERVICE, content=body)

@@ -170,6 +170,11 @@ def prefetch_for(resources: list[dict[str, Any]], keys: list[str]) -> dict[str, 
     return out
 
 
+def patient_view_request(resources: list[dict[str, Any]]) -> dict[str, Any]:
+    """A patient-view request whose prefetch holds ``resources``, every key of the service filled."""
+    return hook_request(prefetch=prefetch_for(resources, list(PATIENT_VIEW_KEYS)))
+
+
 def preflight(method: str, headers: str, origin: str = "https://sandbox.cds-hooks.org") -> dict[str, str]:
     """The headers of a browser's CORS preflight for a ``method`` call sending ``headers``."""
     return {
