@@ -96,6 +96,14 @@ class ObservationComponent:
 
 
 @fhir_model
+class OtherResource:
+    """Any resource type the service does not read: only its type is kept."""
+
+    resource_type: ResourceTypeName = Field(alias="resourceType")
+    id: FhirId | None = None
+
+
+@fhir_model
 class Patient:
     resource_type: Literal["Patient"] = Field(alias="resourceType")
     id: FhirId | None = None
@@ -130,6 +138,12 @@ class Observation:
 
 
 @fhir_model
+class Range:
+    low: Quantity | None = None
+    high: Quantity | None = None
+
+
+@fhir_model
 class Condition:
     resource_type: Literal["Condition"] = Field(alias="resourceType")
     id: FhirId | None = None
@@ -141,21 +155,78 @@ class Condition:
     subject: Reference | None = None
     onset_date_time: FhirDateTime | None = None
     onset_period: Period | None = None
+    onset_age: Quantity | None = None
+    onset_range: Range | None = None
     abatement_date_time: FhirDateTime | None = None
     abatement_period: Period | None = None
     recorded_date: FhirDateTime | None = None
 
 
 @fhir_model
+class MedicationIngredient:
+    item_codeable_concept: CodeableConcept | None = None
+
+
+@fhir_model
+class Medication:
+    """A Medication resource: a MedicationRequest or MedicationStatement may name it by reference."""
+
+    resource_type: Literal["Medication"] = Field(alias="resourceType")
+    id: FhirId | None = None
+    code: CodeableConcept | None = None
+    ingredient: tuple[MedicationIngredient, ...] = ()
+
+
+@fhir_model
 class MedicationStatement:
     resource_type: Literal["MedicationStatement"] = Field(alias="resourceType")
     id: FhirId | None = None
+    contained: tuple[Medication | OtherResource, ...] = ()
     status: str | None = None
     medication_codeable_concept: CodeableConcept | None = None
+    medication_reference: Reference | None = None
     subject: Reference | None = None
     effective_date_time: FhirDateTime | None = None
     effective_period: Period | None = None
     date_asserted: FhirDateTime | None = None
+
+
+@fhir_model
+class TimingRepeat:
+    bounds_period: Period | None = None
+
+
+@fhir_model
+class Timing:
+    repeat: TimingRepeat | None = None
+
+
+@fhir_model
+class Dosage:
+    timing: Timing | None = None
+
+
+@fhir_model
+class DispenseRequest:
+    validity_period: Period | None = None
+
+
+@fhir_model
+class MedicationRequest:
+    """US Core's medication resource: an order or a plan (``intent``), dated by ``authoredOn`` and the
+    dosage's bounds."""
+
+    resource_type: Literal["MedicationRequest"] = Field(alias="resourceType")
+    id: FhirId | None = None
+    contained: tuple[Medication | OtherResource, ...] = ()
+    status: str | None = None
+    intent: str | None = None
+    medication_codeable_concept: CodeableConcept | None = None
+    medication_reference: Reference | None = None
+    subject: Reference | None = None
+    authored_on: FhirDateTime | None = None
+    dosage_instruction: tuple[Dosage, ...] = ()
+    dispense_request: DispenseRequest | None = None
 
 
 @fhir_model
@@ -209,14 +280,6 @@ class OperationOutcome:
 
 
 @fhir_model
-class OtherResource:
-    """Any resource type the service does not read: only its type is kept."""
-
-    resource_type: ResourceTypeName = Field(alias="resourceType")
-    id: FhirId | None = None
-
-
-@fhir_model
 class BundleLink:
     relation: str
     url: str
@@ -248,6 +311,8 @@ READ_TYPES: frozenset[str] = frozenset(
         "Observation",
         "Condition",
         "MedicationStatement",
+        "MedicationRequest",
+        "Medication",
         "ServiceRequest",
         "DiagnosticReport",
         "Procedure",
@@ -259,7 +324,8 @@ READ_TYPES: frozenset[str] = frozenset(
 
 def _resource_tag(value: Any) -> str:
     rtype = value.get("resourceType") if isinstance(value, dict) else getattr(value, "resource_type", None)
-    return rtype if rtype in READ_TYPES else "other"
+    # a non-string resourceType ({} or [...]) is unhashable: it goes to OtherResource, which rejects it
+    return rtype if isinstance(rtype, str) and rtype in READ_TYPES else "other"
 
 
 Resource = Annotated[
@@ -267,6 +333,8 @@ Resource = Annotated[
     | Annotated[Observation, Tag("Observation")]
     | Annotated[Condition, Tag("Condition")]
     | Annotated[MedicationStatement, Tag("MedicationStatement")]
+    | Annotated[MedicationRequest, Tag("MedicationRequest")]
+    | Annotated[Medication, Tag("Medication")]
     | Annotated[ServiceRequest, Tag("ServiceRequest")]
     | Annotated[DiagnosticReport, Tag("DiagnosticReport")]
     | Annotated[Procedure, Tag("Procedure")]

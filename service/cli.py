@@ -26,6 +26,7 @@ from cds_hooks.request import parse_hook_request
 from rules.engine.diagnostics import Diagnostic, RuleSetError, render_all
 from rules.engine.explain import explain
 from rules.engine.explain import render as render_trace
+from rules.engine.icd10cm import check_icd
 from rules.engine.ruleset import RuleSet, load_ruleset
 from rules.engine.selftest import run_tests
 from rules.engine.source import use_disk_cache
@@ -76,6 +77,11 @@ def cmd_check(args: argparse.Namespace) -> int:
             ruleset = _load(folder)
         except RuleSetError as exc:
             print(render_all(_only(exc.diagnostics, files) or exc.diagnostics))
+            failed = True
+            continue
+        official = _only(check_icd(ruleset.icd_refs), files)
+        if official:
+            print(render_all(official))
             failed = True
             continue
         warnings = _only(ruleset.warnings, files)

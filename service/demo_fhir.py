@@ -48,12 +48,17 @@ MAX_COUNT = 1000
 MAX_FORM_BYTES = 1_000_000
 
 # Where each searchable type keeps what its ``code``, ``status``, ``date`` and patient parameters mean.
-_CODE = {"MedicationStatement": "medicationCodeableConcept"}
+_CODE = {
+    "MedicationStatement": "medicationCodeableConcept",
+    "MedicationRequest": "medicationCodeableConcept",
+}
 _DATES = {
     "Observation": ("effectiveDateTime", "effectivePeriod", "effectiveInstant", "issued"),
     "Procedure": ("performedDateTime", "performedPeriod"),
     "DiagnosticReport": ("effectiveDateTime", "effectivePeriod", "issued"),
     "MedicationStatement": ("effectiveDateTime", "effectivePeriod", "dateAsserted"),
+    "MedicationRequest": ("authoredOn",),
+    "Medication": (),
     "ServiceRequest": ("authoredOn",),
     "Condition": ("recordedDate",),
     "Encounter": ("period",),

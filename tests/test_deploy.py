@@ -848,7 +848,7 @@ def test_a_value_set_missing_from_the_projected_volume_is_caught(
     problems = materialise_rules_volume(deployment, "", tmp_path / "c")
     assert problems == [
         f"ConfigMap {name}: docs/deployment.md does not build it with --from-file"
-        for name in ("lumbar-rules", "lumbar-valuesets")
+        for name in ("lumbar-rules", "lumbar-valuesets", "lumbar-expansions")
     ]
 
 

@@ -23,6 +23,9 @@ class Diagnostic:
     severity: Literal["error", "warning"] = "error"
     help: str | None = None
 
+    def as_warning(self) -> Diagnostic:
+        return Diagnostic(self.path, self.line, self.column, self.message, "warning", self.help)
+
     def render(self) -> str:
         """``path:line:col: severity: message`` and, when there is one, an indented ``help:`` line."""
         text = f"{self.path}:{self.line}:{self.column}: {self.severity}: {self.message}"

@@ -30,6 +30,8 @@ EPISODE_GAP = timedelta(days=90)
 CONTEXT_OBSERVATION_WINDOW = timedelta(days=90)
 MEDICATION_RECENT_WINDOW = timedelta(days=90)
 CURRENT_OBSERVATION_WINDOW = timedelta(days=90)
+# Chronic low back pain is pain lasting 12 weeks or more (NICE NG59; ACP 2017).
+CHRONIC_AT_LEAST = timedelta(weeks=12)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +70,7 @@ class Fact:
     quantity: tuple[float, str | None] | None = None
     reference_high: tuple[float, str | None] | None = None
     ongoing: bool = False  # an active Condition, or a Procedure in progress or with an open period
+    onset_age: tuple[float, float] | None = None  # onsetAge / onsetRange in years, dated from the birth date
 
     def evidence(self, value: str | None = None, code: CodeKey | None = None) -> Evidence:
         shown = value if value is not None else ("present" if self.present else "absent")

@@ -9,6 +9,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import orjson
 from pydantic import ValidationError
 
 from cds_hooks.response import Link, Source
@@ -25,7 +26,18 @@ from rules.engine.context import Check, CompileEnv, DataPath, parse_duration
 from rules.engine.diagnostics import Diagnostic, did_you_mean
 from rules.engine.source import SourceDocument, read_yaml
 from rules.engine.suggestions import Modifier
-from rules.engine.terminology import CodeKey, Terminology, ValueSet
+from rules.engine.terminology import (
+    ICD10CM,
+    LOINC,
+    SNOMED,
+    CodeKey,
+    Terminology,
+    ValueSet,
+    icd_span,
+    loinc_ok,
+    normal_key,
+    verhoeff_ok,
+)
 
 PRIORITIES = ("stat", "asap", "urgent", "routine")
 # Never a similar-looking code as a hint: it would name a different clinical concept.
@@ -48,6 +60,9 @@ class Loader:
         self.hashes: dict[str, str] = {}  # by the path diagnostics show (relative to the working directory)
         self.by_name: dict[str, str] = {}  # by the path inside the catalogue: the rule-set version hashes it
         self._orders: dict[tuple[CodeKey, str], OrderTemplate] = {}
+        # Every ICD-10-CM code and span written in the catalogue, where it is written: ``lumbar check``
+        # verifies them against the official code set (too large to load on every start).
+        self.icd_refs: list[tuple[str, Diagnostic]] = []
 
     def display(self, path: Path) -> str:
         try:
@@ -97,6 +112,22 @@ class Loader:
             )
         return key
 
+    def check_digit(
+        self, system: str, code: str, document: SourceDocument, where: DataPath, *, verified: bool = False
+    ) -> None:
+        """SNOMED CT identifiers and LOINC codes carry a check digit: a mistyped code fails it (an error).
+        In the verified core (``verified``, transcribed from knowledge base Part D) a failure is a warning
+        for the knowledge base's owner: the code cannot be a valid identifier, so no record will carry
+        it. ICD-10-CM codes are remembered for ``lumbar check``'s look-up in the official code set."""
+        problem = digit_problem(system, code)
+        if system == ICD10CM:
+            self.icd_refs.append((code, document.diagnostic(where, code, at_value=False)))
+        if problem is not None and verified:
+            problem += "; it is in the verified core (knowledge base Part D): confirm it with its owner"
+            self.diagnostics.append(document.diagnostic(where, problem).as_warning())
+        elif problem is not None:
+            self.diagnostics.append(document.diagnostic(where, problem))
+
     def order(self, key: CodeKey, priority: str, terminology: Terminology) -> OrderTemplate:
         """The validated ServiceRequest template for an order at a priority, built once per catalogue."""
         found = self._orders.get((key, priority))
@@ -130,6 +161,7 @@ class Loader:
                 )
                 continue
             for code, display in codes.items():
+                self.check_digit(system, code, document, ("codes", alias, code), verified=True)
                 displays[(system, code)] = display
         terminology = Terminology(dict(parsed.systems), displays)
         for index, group in enumerate(parsed.same_test):
@@ -177,20 +209,90 @@ class Loader:
                 codes.add(key)
             elif site_key is not None:
                 sited.setdefault(key, set()).add(site_key)
-        pattern = None
-        if parsed.text:
-            try:
-                pattern = re.compile("|".join(f"(?:{p})" for p in parsed.text), re.IGNORECASE)
-            except re.error as exc:
-                self.diagnostics.append(document.diagnostic(("text",), f"invalid regular expression: {exc}"))
+        for index, entry in enumerate(parsed.icd10cm):
+            where = ("icd10cm", index)
+            self.icd_refs.append((entry, document.diagnostic(where, entry)))
+            first, last = icd_span(entry)
+            if len(first) != len(last) or first > last:
+                self.diagnostics.append(
+                    document.diagnostic(
+                        where, f"ICD-10-CM range {entry!r}: ends of unequal length or reversed"
+                    )
+                )
+        for index, group in enumerate(parsed.widened):
+            for alias, listed in group.codes.items():
+                system = terminology.systems.get(alias)
+                if system is None:
+                    self.diagnostics.append(
+                        document.diagnostic(
+                            ("widened", index, "codes", alias),
+                            f"unknown code system {alias!r}",
+                            did_you_mean(alias, terminology.systems),
+                        )
+                    )
+                    continue
+                for code in listed:
+                    self.check_digit(system, code, document, ("widened", index, "codes", alias, code))
+                    codes.add(normal_key(system, code))
+        for index, name in enumerate(parsed.expansions):
+            path = self.directory / "valuesets" / name
+            codes |= self.expansion(path, document, ("expansions", index), terminology)
         return ValueSet(
             parsed.valueset,
             parsed.title,
             frozenset(codes),
             {k: frozenset(v) for k, v in sited.items()},
-            pattern,
+            self.pattern(parsed.text, document, "text"),
             frozenset(parsed.resources),
+            tuple(icd_span(entry) for entry in parsed.icd10cm),
+            self.pattern(parsed.negation, document, "negation"),
+            frozenset(parsed.text_in if parsed.text_in is not None else parsed.resources),
         )
+
+    def expansion(
+        self, path: Path, document: SourceDocument, where: DataPath, terminology: Terminology
+    ) -> set[CodeKey]:
+        """The codes of a FHIR ValueSet file (``compose.include`` concepts or ``expansion.contains``), read
+        as JSON: a list of thousands of codes costs milliseconds, where YAML would cost seconds."""
+        try:
+            content = path.read_bytes()
+            data = orjson.loads(content)
+        except (OSError, orjson.JSONDecodeError) as exc:
+            self.diagnostics.append(document.diagnostic(where, f"cannot read expansion {path.name}: {exc}"))
+            return set()
+        shown = self.display(path)
+        self.hashes[shown] = hashlib.sha256(content).hexdigest()
+        self.by_name[f"valuesets/{path.name}"] = self.hashes[shown]
+        entries = _value_set_codes(data)
+        if entries is None:
+            problem = f"{path.name}: not a FHIR ValueSet with compose.include concepts or expansion.contains"
+            self.diagnostics.append(document.diagnostic(where, problem))
+            return set()
+        known = set(terminology.systems.values())
+        out: set[CodeKey] = set()
+        for index, (system, code) in enumerate(entries):
+            wrong: str | None
+            if not isinstance(system, str) or not isinstance(code, str) or system not in known:
+                wrong = f"code {index + 1} of the file: needs a code and one of the known systems"
+            else:
+                wrong = digit_problem(system, code)
+                out.add(normal_key(system, code))
+            if wrong is not None or system == ICD10CM:  # located by a search of the text, only then
+                line = content[: content.find(f'"{code}"'.encode()) + 1].count(b"\n") + 1 if code else 1
+                if wrong is not None:
+                    self.diagnostics.append(Diagnostic(shown, line, 1, wrong))
+                else:
+                    self.icd_refs.append((str(code), Diagnostic(shown, line, 1, str(code))))
+        return out
+
+    def pattern(self, texts: list[str], document: SourceDocument, key: str) -> re.Pattern[str] | None:
+        if not texts:
+            return None
+        try:
+            return re.compile("|".join(f"(?:{p})" for p in texts), re.IGNORECASE)
+        except re.error as exc:
+            self.diagnostics.append(document.diagnostic((key,), f"invalid regular expression: {exc}"))
+            return None
 
     # ---- rule parts ---------------------------------------------------------------------------------
 
@@ -289,6 +391,37 @@ class Loader:
                                 did_you_mean(ref.partition(":")[0], terminology.systems),
                             )
                         )
+
+
+def _value_set_codes(data: Any) -> list[tuple[Any, Any]] | None:
+    """(system, code) of every code a FHIR ValueSet lists: ``compose.include[].concept[]`` (the system per
+    include) and ``expansion.contains[]``; None when ``data`` is not a ValueSet that lists codes."""
+    if not isinstance(data, dict) or data.get("resourceType") != "ValueSet":
+        return None
+    compose, expansion = data.get("compose") or {}, data.get("expansion") or {}
+    includes = compose.get("include") if isinstance(compose, dict) else None
+    contains = expansion.get("contains") if isinstance(expansion, dict) else None
+    if not isinstance(includes, list) and not isinstance(contains, list):
+        return None
+    out: list[tuple[Any, Any]] = []
+    for include in includes if isinstance(includes, list) else []:
+        include = include if isinstance(include, dict) else {}
+        concepts = include.get("concept")
+        for concept in concepts if isinstance(concepts, list) else [None]:
+            code = concept.get("code") if isinstance(concept, dict) else None
+            out.append((include.get("system"), code))
+    for item in contains if isinstance(contains, list) else []:
+        out.append((item.get("system"), item.get("code")) if isinstance(item, dict) else (None, None))
+    return out
+
+
+def digit_problem(system: str, code: str) -> str | None:
+    """Why a SNOMED CT identifier or LOINC code fails its check digit (None when it passes, or has none)."""
+    if system == SNOMED and not verhoeff_ok(code):
+        return f"SNOMED CT identifier {code!r} fails its Verhoeff check digit (a typo?)"
+    if system == LOINC and not loinc_ok(code):
+        return f"LOINC code {code!r} fails its check digit (a typo?)"
+    return None
 
 
 def schema_diagnostic(document: SourceDocument, error: Any) -> Diagnostic:

@@ -24,13 +24,16 @@ from cds_hooks.resources import (
     CodeableConcept,
     Condition,
     DiagnosticReport,
+    Medication,
+    MedicationRequest,
     MedicationStatement,
     Observation,
     Procedure,
+    Quantity,
     ServiceRequest,
 )
 from rules.engine.facts import INTERPRETATION, SNOMED, Fact, MedicationFact, OrderFact
-from rules.engine.terminology import CodeKey, ValueSetIndex
+from rules.engine.terminology import CodeKey, ValueSet, ValueSetIndex, normal_key
 
 _YES = (SNOMED, "373066001")
 _NO = frozenset({(SNOMED, "373067005"), (SNOMED, "260385009")})
@@ -56,10 +59,12 @@ class RecordBuilder:
     relevant: frozenset[CodeKey]
     text_pattern: re.Pattern[str] | None = None
     index: ValueSetIndex = field(default_factory=ValueSetIndex)  # which value sets a fact belongs to
+    chronic: ValueSet | None = None  # pain recorded as chronic: an episode of at least 12 weeks
 
     def match(self, keys: tuple[CodeKey, ...], text: str) -> tuple[CodeKey, ...] | None:
         """The relevant codes of a resource; its codes (or a text marker) when only its text matches."""
-        matched = tuple(key for key in keys if key in self.relevant)
+        relevant = self.relevant
+        matched = tuple(key for key in keys if key in relevant or self.index.icd_names(key))
         if matched:
             return matched
         if self.text_pattern is not None and text and self.text_pattern.search(text):
@@ -68,9 +73,10 @@ class RecordBuilder:
 
 
 def keys_of(concept: CodeableConcept | None) -> tuple[CodeKey, ...]:
+    """The codings of a concept as (system, code), normalised (OID systems, ICD-10-CM dots)."""
     if concept is None:
         return ()
-    return tuple((c.system, c.code) for c in concept.coding if c.system and c.code)
+    return tuple(normal_key(c.system, c.code) for c in concept.coding if c.system and c.code)
 
 
 def _text(concept: CodeableConcept | None) -> str:
@@ -173,14 +179,53 @@ def observation_fact(obs: Observation, builder: RecordBuilder) -> Fact | None:
     )
 
 
+_YEARS_PER_UNIT = {"a": 1.0, "mo": 1 / 12, "wk": 7 / 365.25, "d": 1 / 365.25, "h": 1 / 8766}
+_UNIT_NAMES = {
+    "year": "a",
+    "years": "a",
+    "yr": "a",
+    "y": "a",
+    "month": "mo",
+    "months": "mo",
+    "week": "wk",
+    "weeks": "wk",
+    "day": "d",
+    "days": "d",
+}
+
+
+def _years(quantity: Quantity | None) -> float | None:
+    """An Age quantity in years (UCUM ``a``, ``mo``, ``wk``, ``d``, ``h``, or their plain names)."""
+    if quantity is None or quantity.value is None:
+        return None
+    unit = quantity.code or _UNIT_NAMES.get((quantity.unit or "").lower(), "a" if not quantity.unit else "")
+    per = _YEARS_PER_UNIT.get(unit)
+    return quantity.value * per if per is not None else None
+
+
+def onset_age(cond: Condition) -> tuple[float, float] | None:
+    """``onsetAge`` or ``onsetRange`` as the span of ages (in years) the onset can mean: "45 a" is any day
+    from the 45th birthday to the day before the 46th."""
+    if cond.onset_age is not None:
+        age = _years(cond.onset_age)
+        if age is not None:
+            whole = (cond.onset_age.code or "a") == "a"
+            return age, age + 1 if whole else age
+    if cond.onset_range is not None:
+        low, high = _years(cond.onset_range.low), _years(cond.onset_range.high)
+        if low is not None or high is not None:
+            return (low if low is not None else 0.0), (high + 1 if high is not None else 200.0)
+    return None
+
+
 def condition_fact(cond: Condition, builder: RecordBuilder) -> Fact | None:
     text = _text(cond.code)
     codes = builder.match(keys_of(cond.code), text)
     if codes is None or _status(cond.verification_status) in _CONDITION_DROPPED:
         return None
     clinical = _status(cond.clinical_status)
-    onset_text = cond.onset_date_time or (cond.onset_period.start if cond.onset_period else None)
-    onset_text = onset_text or cond.recorded_date
+    explicit = cond.onset_date_time or (cond.onset_period.start if cond.onset_period else None)
+    onset_text = explicit or cond.recorded_date
     onset = _range(onset_text)
     recorded = _range(cond.recorded_date)
     ends = [r.end for r in (onset, recorded) if r is not None]
@@ -202,6 +247,7 @@ def condition_fact(cond: Condition, builder: RecordBuilder) -> Fact | None:
         sites,
         sides,
         ongoing=current,
+        onset_age=onset_age(cond) if explicit is None else None,
     )
 
 
@@ -231,20 +277,86 @@ def procedure_fact(proc: Procedure, builder: RecordBuilder) -> Fact | None:
     )
 
 
-def medication_fact(med: MedicationStatement, builder: RecordBuilder) -> MedicationFact | None:
-    text = _text(med.medication_codeable_concept)  # product codes are matched by their ingredient's name
-    codes = builder.match(keys_of(med.medication_codeable_concept), text)
-    if codes is None or med.status is None:
+_REQUEST_STATUS = {"active": "active", "on-hold": "on-hold", "completed": "completed", "stopped": "stopped"}
+"""MedicationRequest statuses that count, as the MedicationStatement status they mean (Part B1);
+draft, cancelled, entered-in-error and unknown requests do not count."""
+_REQUEST_INTENTS = frozenset(
+    {"order", "plan", "original-order", "reflex-order", "filler-order", "instance-order"}
+)
+
+
+def medication_concept(
+    med: MedicationStatement | MedicationRequest, medications: dict[str, Medication]
+) -> tuple[tuple[CodeKey, ...], str, str] | None:
+    """The codes, text and label of what a medication resource names: its ``medicationCodeableConcept``,
+    or the Medication its ``medicationReference`` points to (contained, in the same Bundle, or fetched),
+    with that Medication's ingredient codes. None when a reference cannot be resolved."""
+    if med.medication_codeable_concept is not None:
+        concept = med.medication_codeable_concept
+        return keys_of(concept), _text(concept), _display(concept)
+    ref = med.medication_reference.reference if med.medication_reference is not None else None
+    if not ref:
         return None
-    period = med.effective_period
-    start_text = period.start if period is not None else med.effective_date_time
+    found: Medication | None = None
+    if ref.startswith("#"):
+        found = next((c for c in med.contained if isinstance(c, Medication) and c.id == ref[1:]), None)
+    else:
+        parts = ref.rstrip("/").split("/")
+        found = medications.get(ref) or medications.get("/".join(parts[-2:]))
+    if found is None:
+        return None
+    concepts = [found.code, *(i.item_codeable_concept for i in found.ingredient)]
+    keys = tuple(key for concept in concepts for key in keys_of(concept))
+    text = " ".join(_text(concept) for concept in concepts if concept is not None)
+    label = _display(found.code) if found.code is not None else None
+    shown = med.medication_reference.display if med.medication_reference is not None else None
+    return keys, text, label or shown or "(uncoded)"
+
+
+def medication_fact(
+    med: MedicationStatement | MedicationRequest,
+    builder: RecordBuilder,
+    medications: dict[str, Medication] | None = None,
+) -> MedicationFact | None:
+    """A MedicationStatement or a MedicationRequest (US Core) as a medication the patient takes or took.
+
+    Products (SCD/SBD codes) are matched by their ingredient's name in the text when their code is not
+    listed. A request counts by its status (active, on-hold, completed, stopped) and intent (an order or
+    plan, not a proposal); its time is the dosage's bounds, else the validity period, else authoredOn.
+    """
+    named = medication_concept(med, medications or {})
+    if named is None:
+        return None
+    keys, text, label = named
+    codes = builder.match(keys, text)
+    if codes is None:
+        return None
+    if isinstance(med, MedicationRequest):
+        status = _REQUEST_STATUS.get(med.status or "")
+        if status is None or med.intent not in _REQUEST_INTENTS:
+            return None
+        bounds = [
+            d.timing.repeat.bounds_period for d in med.dosage_instruction if d.timing and d.timing.repeat
+        ]
+        period = next((b for b in bounds if b is not None), None)
+        if period is None and med.dispense_request is not None:
+            period = med.dispense_request.validity_period
+        start_text = (period.start if period is not None else None) or med.authored_on
+        end_text = period.end if period is not None else None
+    else:
+        if med.status is None:
+            return None
+        status = med.status
+        period = med.effective_period
+        start_text = period.start if period is not None else med.effective_date_time
+        end_text = period.end if period is not None else None
     start = _range(start_text)
-    end = _range(period.end) if period is not None else None
+    end = _range(end_text)
     return MedicationFact(
         reference(med),
         codes,
-        _display(med.medication_codeable_concept),
-        med.status,
+        label,
+        status,
         start.start if start else None,
         end.end if end else None,
         start_text,

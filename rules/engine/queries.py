@@ -80,9 +80,10 @@ def finding(q: schema.FindingQuery, path: DataPath, env: CompileEnv) -> Check:
         if q.within_episode and episode is None:
             return None
         chosen: list[Fact] = []
+        via: dict[int, str] = {}  # the value set that made each chosen fact a member
         for vs in sets:
             for fact in record.facts_in(vs):
-                if fact.present is not q.present or fact in chosen:
+                if fact.present is not q.present or id(fact) in via:
                     continue
                 if q.resource is not None and fact.resource_type != q.resource:
                     continue
@@ -105,6 +106,7 @@ def finding(q: schema.FindingQuery, path: DataPath, env: CompileEnv) -> Check:
                 if q.laterality in ("left", "right") and q.laterality not in fact.laterality:
                     continue
                 chosen.append(fact)
+                via[id(fact)] = vs.name
         if q.laterality == "bilateral":
             chosen = _bilateral(chosen)
         elif q.laterality == "unilateral" and _bilateral(chosen):
@@ -113,7 +115,7 @@ def finding(q: schema.FindingQuery, path: DataPath, env: CompileEnv) -> Check:
             return None
         if spread is not None and _spread(chosen) <= spread:
             return None
-        return [fact.evidence() for fact in chosen] or None
+        return [record.evidence_of(fact, via[id(fact)]) for fact in chosen] or None
 
     return run
 
@@ -151,7 +153,7 @@ def quantity(q: schema.QuantityQuery, path: DataPath, env: CompileEnv) -> Check:
                 shown = f"{value:.4g} {q.unit}"
                 if unit and unit != q.unit:
                     shown += f" ({raw:g} {unit})"
-                found.append(fact.evidence(shown))
+                found.append(record.evidence_of(fact, vs.name, shown))
         return found or None
 
     return run
@@ -210,15 +212,13 @@ def medication(q: schema.MedicationQuery, path: DataPath, env: CompileEnv) -> Ch
     say (product codes such as "prednisone 5 MG Oral Tablet" need no ingredient lookup then)."""
     sets = valuesets(q.valueset, (*path, "valueset"), env, env.reads_medications)
     minimum = parse_duration(q.min_duration) if q.min_duration else None
-    keys = frozenset().union(*(vs.keys for vs in sets)) if sets else frozenset()
-    patterns = [vs.text for vs in sets if vs.text is not None]
 
     def run(ctx: EvalContext) -> list[Evidence] | None:
         record = ctx.record
         found = []
         for med in record.medications:
-            named = bool(med.text) and any(p.search(med.text) for p in patterns)
-            if not (set(med.codes) & keys or named) or not record.medication_counts(med):
+            listed = any(vs.any_of(med.codes) or vs.named_in(med.text) for vs in sets)
+            if not listed or not record.medication_counts(med):
                 continue
             if minimum is not None and (med.start is None or med.start > ctx.now - minimum):
                 continue

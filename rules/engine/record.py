@@ -8,11 +8,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from cds_hooks.fhirtime import parse_fhir_datetime
+from cds_hooks.fhirtime import FhirInstantRange, parse_fhir_datetime
 from cds_hooks.request import HookRequest
 from cds_hooks.resources import (
+    Bundle,
     Condition,
     DiagnosticReport,
+    Medication,
+    MedicationRequest,
     MedicationStatement,
     Observation,
     Patient,
@@ -21,6 +24,7 @@ from cds_hooks.resources import (
     iter_resources,
 )
 from rules.engine.facts import (
+    CHRONIC_AT_LEAST,
     CONTEXT_OBSERVATION_WINDOW,
     CURRENT_OBSERVATION_WINDOW,
     EPISODE_GAP,
@@ -36,8 +40,10 @@ from rules.engine.facts import (
     OrderFact,
 )
 from rules.engine.normalise import (
+    TEXT_ONLY,
     RecordBuilder,
     condition_fact,
+    medication_concept,
     medication_fact,
     observation_fact,
     procedure_fact,
@@ -62,6 +68,17 @@ def _raw_drafts(request: HookRequest) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _collect_medications(value: Any, into: dict[str, Medication]) -> None:
+    """Medication resources of a prefetch value, by ``Medication/id`` and by their Bundle ``fullUrl``."""
+    if isinstance(value, Medication) and value.id:
+        into[f"Medication/{value.id}"] = value
+    elif isinstance(value, Bundle):
+        for entry in value.entry:
+            if isinstance(entry.resource, Medication) and entry.full_url:
+                into[entry.full_url] = entry.resource
+            _collect_medications(entry.resource, into)
+
+
 _FACT_MAKERS: dict[type, Callable[[Any, RecordBuilder], Fact | None]] = {
     Observation: observation_fact,
     Condition: condition_fact,
@@ -83,16 +100,23 @@ class PatientRecord:
     notes: list[str] = field(default_factory=list)
     by_code: dict[CodeKey, list[Fact]] = field(default_factory=dict)
     index: ValueSetIndex = field(default_factory=ValueSetIndex)
+    chronic: ValueSet | None = None  # pain recorded as chronic (see :meth:`episode`)
     _members: dict[str, list[Fact]] | None = None
     _present: frozenset[str] | None = None
+    _by_text: set[tuple[int, str]] = field(default_factory=set)  # (id of a fact, value set) by text only
 
     @classmethod
     def from_request(cls, request: HookRequest, builder: RecordBuilder, now: datetime) -> PatientRecord:
         """Normalise the prefetch and the draft orders of ``request``."""
-        record = cls(now=now, patient_id=request.context.patient_id, index=builder.index)
+        record = cls(
+            now=now, patient_id=request.context.patient_id, index=builder.index, chronic=builder.chronic
+        )
+        medications: dict[str, Medication] = {}
+        for value in request.prefetch.values():
+            _collect_medications(value, medications)
         for value in request.prefetch.values():
             for resource in iter_resources(value):
-                record._add(resource, builder)
+                record._add(resource, builder, medications)
         raw = _raw_drafts(request)
         for resource in iter_resources(getattr(request.context, "draft_orders", None)):
             if isinstance(resource, ServiceRequest) and not record._about_other_patient(resource):
@@ -100,9 +124,28 @@ class PatientRecord:
                 if draft is not None:
                     record.drafts.append(draft)
         for fact in record.facts:
+            if fact.onset_age is not None:
+                record._date_by_age(fact)
             for key in fact.codes:
                 record.by_code.setdefault(key, []).append(fact)
         return record
+
+    def _date_by_age(self, fact: Fact) -> None:
+        """A Condition dated by ``onsetAge``/``onsetRange``: its onset from the birth date (without one,
+        the recorded date stays its time)."""
+        assert fact.onset_age is not None
+        if self.patient is None or self.patient.birth_date is None:
+            return
+        born = parse_fhir_datetime(self.patient.birth_date)
+        low, high = fact.onset_age
+        start = born.start + timedelta(days=low * 365.25)
+        end = min(born.end + timedelta(days=high * 365.25), self.now)
+        if start > self.now:
+            return
+        fact.onset = FhirInstantRange(start, max(start, end))
+        fact.date_text = start.date().isoformat()
+        if fact.last_seen is None or fact.last_seen < fact.onset.end:
+            fact.last_seen = fact.onset.end
 
     def _about_other_patient(self, resource: Any) -> bool:
         subject = getattr(resource, "subject", None)
@@ -111,7 +154,7 @@ class PatientRecord:
             return False
         return bool(ref.rsplit("Patient/", 1)[1] != self.patient_id)
 
-    def _add(self, resource: Any, builder: RecordBuilder) -> None:
+    def _add(self, resource: Any, builder: RecordBuilder, medications: dict[str, Medication]) -> None:
         if isinstance(resource, Patient):
             if resource.id in (None, self.patient_id) and self.patient is None:
                 self.patient = resource
@@ -125,10 +168,15 @@ class PatientRecord:
                 fact = make(resource, builder)
                 if fact is not None:
                     self.facts.append(fact)
-            elif isinstance(resource, MedicationStatement):
-                medication = medication_fact(resource, builder)
+            elif isinstance(resource, MedicationStatement | MedicationRequest):
+                medication = medication_fact(resource, builder, medications)
                 if medication is not None:
                     self.medications.append(medication)
+                elif medication_concept(resource, medications) is None and resource.medication_reference:
+                    self.notes.append(
+                        f"{reference(resource)}: its medication {resource.medication_reference.reference}"
+                        " was not received; not read"
+                    )
             elif isinstance(resource, ServiceRequest | DiagnosticReport):
                 order = (
                     request_order(resource, builder, None)
@@ -154,8 +202,12 @@ class PatientRecord:
                 for key in fact.codes:
                     names.update(index.by_code.get(key, ()))
                     names.update(name for name, sites in index.sited.get(key, ()) if fact.body_sites & sites)
+                    names.update(index.icd_names(key))
                 if fact.text:
-                    names.update(name for name, pattern in index.text if pattern.search(fact.text))
+                    for vs in index.text:
+                        if vs.name not in names and vs.named_in(fact.text, fact.resource_type):
+                            names.add(vs.name)
+                            self._by_text.add((id(fact), vs.name))
                 for name in names:
                     members.setdefault(name, []).append(fact)
             self._members = members
@@ -176,6 +228,21 @@ class PatientRecord:
     def facts_in(self, valueset: ValueSet) -> list[Fact]:
         """Facts that belong to ``valueset`` (see :meth:`members`)."""
         return self.members().get(valueset.name, [])
+
+    def by_text(self, fact: Fact, valueset: str) -> bool:
+        """Whether ``fact`` belongs to ``valueset`` only through its text (no code of it is listed)."""
+        self.members()
+        return (id(fact), valueset) in self._by_text
+
+    def evidence_of(self, fact: Fact, valueset: str, value: str | None = None) -> Evidence:
+        """``fact`` as evidence for ``valueset``, saying so when only its text made it a member."""
+        evidence = fact.evidence(value)
+        if not self.by_text(fact, valueset):
+            return evidence
+        coded = [key for key in fact.codes if key[0] != TEXT_ONLY[0]]
+        why = f"code {coded[0][1]} is not in the value set" if coded else "no code"
+        shown = f"{evidence.value} (recognised from the text '{fact.label[:80]}'; {why})"
+        return Evidence(evidence.label, shown, evidence.date, evidence.reference, evidence.code)
 
     def seen_within(self, fact: Fact, window: timedelta) -> bool:
         """The finding was recorded (or still present) within ``window`` before now."""
@@ -264,18 +331,14 @@ class PatientRecord:
                 )
             )
         ]
-        keys = context.keys
-        found += [
-            Evidence(
-                "Reason for the order",
-                "low back pain",
-                order.date_text,
-                order.reference,
-                next(iter(set(order.reasons) & keys)),
-            )
-            for order in self.drafts
-            if set(order.reasons) & keys
-        ]
+        for order in self.drafts:
+            reason = context.any_of(order.reasons)
+            if reason is not None:
+                found.append(
+                    Evidence(
+                        "Reason for the order", "low back pain", order.date_text, order.reference, reason
+                    )
+                )
         return found
 
     def has_context(self, context: ValueSet) -> bool:
@@ -305,4 +368,11 @@ class PatientRecord:
                 end = max(end, s_end)
         if end < self.now - EPISODE_GAP:
             return None
+        if self.chronic is not None and start > self.now - CHRONIC_AT_LEAST:
+            # "Chronic low back pain" says 12 weeks or more, even when it was first recorded last week.
+            chronic = [
+                f for f in self.facts_in(self.chronic) if f.present and f.last_seen and f.last_seen >= start
+            ]
+            if chronic:
+                start, first = self.now - CHRONIC_AT_LEAST, chronic[0]
         return Episode(start, first, max(self.now - start, timedelta(0)))

@@ -42,6 +42,8 @@ from rules.engine.terminology import CodeKey, Terminology, ValueSet, ValueSetInd
 
 CONTEXT_VALUESET = "low-back-pain"
 """The value set that gates every rule (knowledge base Part B4) and defines the pain episode."""
+CHRONIC_VALUESET = "chronic-low-back-pain"
+"""Pain recorded as chronic: the episode has lasted at least 12 weeks whatever the record's date."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -107,6 +109,7 @@ class RuleSet:
     file_hashes: dict[str, str]
     prefetch: dict[str, dict[str, str]] = field(default_factory=dict)
     warnings: tuple[Diagnostic, ...] = ()  # problems that do not stop loading (e.g. unused value sets)
+    icd_refs: tuple[tuple[str, Diagnostic], ...] = ()  # ICD-10-CM codes and spans, where written
 
     @cached_property
     def red_flag_ids(self) -> tuple[tuple[str, str], ...]:
@@ -327,7 +330,7 @@ def _find_cycles(rules: dict[str, CompiledRule], key: str, edges: Any, diagnosti
 
 
 def _unused_valuesets(loader: Loader, rules: dict[str, CompiledRule], defined: set[str]) -> None:
-    used = {CONTEXT_VALUESET}.union(*(rule.uses for rule in rules.values()))
+    used = {CONTEXT_VALUESET, CHRONIC_VALUESET}.union(*(rule.uses for rule in rules.values()))
     for name in sorted(defined - used):
         path = loader.directory / "valuesets" / f"{name}.yaml"
         loader.diagnostics.append(
@@ -399,6 +402,7 @@ def load_ruleset(directory: Path) -> RuleSet:
         _relevant_codes(ordered, valuesets, context),
         re.compile("|".join(texts), re.IGNORECASE) if texts else None,
         ValueSetIndex.build(valuesets),
+        valuesets.get(CHRONIC_VALUESET),
     )
     ruleset = RuleSet(
         tuple(ordered),
@@ -410,6 +414,7 @@ def load_ruleset(directory: Path) -> RuleSet:
         digest[:16],
         dict(loader.hashes),
         warnings=tuple(sorted(d for d in loader.diagnostics if d.severity == "warning")),
+        icd_refs=tuple(loader.icd_refs),
     )
     ruleset.prefetch.update(prefetch_templates(ruleset))
     return ruleset

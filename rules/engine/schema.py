@@ -65,6 +65,24 @@ class ValueSetEntry(Strict):
     body_site: CodeRef | None = None  # the finding counts only with this bodySite
 
 
+IcdEntry = Annotated[
+    str,
+    StringConstraints(
+        pattern=r"^[A-Z][0-9][0-9A-Z](\.?[0-9A-Z]{1,4})?(-[A-Z][0-9][0-9A-Z](\.?[0-9A-Z]{1,4})?)?$"
+    ),
+]
+"""An ICD-10-CM code that counts with all its descendants (``M54.1``), or a range of them (``C00-C96``)."""
+
+
+class WidenedCodes(Strict):
+    """Codes outside the verified core of knowledge base Part D, taken from one named public source."""
+
+    source: Annotated[str, StringConstraints(min_length=10)]  # where these codes and displays come from
+    codes: dict[
+        str, dict[str, Annotated[str, StringConstraints(min_length=2)]]
+    ]  # system alias → code → display
+
+
 FindingResource = Literal["Observation", "Condition", "Procedure"]
 _FINDING_RESOURCES: tuple[FindingResource, ...] = ("Observation", "Condition")
 
@@ -78,13 +96,28 @@ class ValueSetFile(Strict):
     # ever code Observations).
     resources: list[FindingResource] = Field(default_factory=lambda: list(_FINDING_RESOURCES), min_length=1)
     codes: list[CodeRef | ValueSetEntry] = Field(default_factory=list)
+    # ICD-10-CM codes that count with their descendants, and ranges of them (checked against the official
+    # code set by ``lumbar check``).
+    icd10cm: list[IcdEntry] = Field(default_factory=list)
+    # Codes from public real-world sources beyond the verified core, each group with its source.
+    widened: list[WidenedCodes] = Field(default_factory=list)
+    # Larger lists from the same kind of sources as FHIR R4 ValueSet resources with an ``expansion`` (JSON,
+    # paths relative to this file), each code with its source (see docs/rules-guide.md).
+    expansions: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_./-]+\.json$")]] = Field(
+        default_factory=list
+    )
     # Case-insensitive regular expressions matched against CodeableConcept.text and Coding.display, for
-    # EHRs that record a finding only as text.
+    # EHRs that record a finding only as text or in a code the value set does not list.
     text: list[str] = Field(default_factory=list)
+    # Text that makes a text match void ("no history of cancer", "family history of").
+    negation: list[str] = Field(default_factory=list)
+    # The resource types whose text is matched (default: ``resources``); e.g. only Conditions, so that a lab
+    # test named after a disease ("HIV 1 Ab") is not read as the disease.
+    text_in: list[FindingResource] | None = None
 
     @model_validator(mode="after")
     def _not_empty(self) -> ValueSetFile:
-        if not self.codes and not self.text:
+        if not (self.codes or self.text or self.icd10cm or self.widened or self.expansions):
             raise ValueError("a value set needs codes or text patterns")
         return self
 
@@ -332,6 +365,7 @@ RECORD_KINDS: dict[str, str] = {
     "observation": "Observation",
     "condition": "Condition",
     "medication_statement": "MedicationStatement",
+    "medication_request": "MedicationRequest",
     "service_request": "ServiceRequest",
     "diagnostic_report": "DiagnosticReport",
     "procedure": "Procedure",
@@ -345,6 +379,7 @@ class RecordSpec(Strict):
     observation: CodeRef | None = Field(default=None, alias="Observation")
     condition: CodeRef | None = Field(default=None, alias="Condition")
     medication_statement: CodeRef | None = Field(default=None, alias="MedicationStatement")
+    medication_request: CodeRef | None = Field(default=None, alias="MedicationRequest")
     service_request: CodeRef | None = Field(default=None, alias="ServiceRequest")
     diagnostic_report: CodeRef | None = Field(default=None, alias="DiagnosticReport")
     procedure: CodeRef | None = Field(default=None, alias="Procedure")

@@ -33,6 +33,7 @@ _SIDE_DISPLAY = {"left": "Left", "right": "Right", "bilateral": "Right and left"
 # the prefix of their time element (effective[x], performed[x]).
 _SIMPLE = {
     "MedicationStatement": ("med", "active", "medicationCodeableConcept", "effective"),
+    "MedicationRequest": ("medrq", "active", "medicationCodeableConcept", "authored"),
     "ServiceRequest": ("sr", "active", "code", "authored"),
     "DiagnosticReport": ("dr", "final", "code", "effective"),
     "Procedure": ("proc", "completed", "code", "performed"),
@@ -131,6 +132,16 @@ class _Builder:
             out["intent"] = "order"
             if spec.date:
                 out["authoredOn"] = self.time(spec.date)
+        elif resource_type == "MedicationRequest":  # US Core: authoredOn, and the dosage's bounds
+            out["intent"] = "order"
+            if spec.date:
+                out["authoredOn"] = self.time(spec.date)
+            if spec.period is not None:
+                bounds = {"start": self.time(spec.period[0])}
+                if spec.period[1]:
+                    bounds["end"] = self.time(spec.period[1])
+                out["authoredOn"] = bounds["start"]
+                out["dosageInstruction"] = [{"timing": {"repeat": {"boundsPeriod": bounds}}}]
         else:
             self._when(out, spec, when)
         return out
@@ -237,6 +248,7 @@ _KEYS = {
     "Observation": "observations",
     "Condition": "conditions",
     "MedicationStatement": "medications",
+    "MedicationRequest": "medicationrequests",
     "ServiceRequest": "servicerequests",
     "DiagnosticReport": "diagnosticreports",
     "Procedure": "procedures",

@@ -16,7 +16,7 @@ from rules.engine.evaluate import evaluate, prepare
 from rules.engine.facts import MEDICATIONS, ORDERS, Fact
 from rules.engine.ruleset import RuleSet
 from rules.engine.selftest import case_request
-from rules.engine.terminology import ValueSet
+from rules.engine.terminology import ICD10CM, ValueSet, icd_compact, icd_in
 from tests.support import builders
 
 NOW = datetime(2026, 11, 21, 10, tzinfo=UTC)
@@ -72,10 +72,18 @@ def test_skipping_never_hides_a_rule_that_would_be_true(ruleset: RuleSet) -> Non
 
 def _belongs(fact: Fact, vs: ValueSet) -> bool:
     """Value-set membership by its definition, one value set at a time (the index computes it in one pass)."""
+    icd = [icd_compact(code) for system, code in fact.codes if system == ICD10CM]
     return bool(
         set(fact.codes) & vs.codes
         or any(key in vs.sited and fact.body_sites & vs.sited[key] for key in fact.codes)
-        or (vs.text is not None and fact.text and vs.text.search(fact.text))
+        or any(icd_in(code, span) for code in icd for span in vs.icd)
+        or (
+            vs.text is not None
+            and fact.text
+            and fact.resource_type in vs.text_in
+            and vs.text.search(fact.text)
+            and not (vs.negation is not None and vs.negation.search(fact.text))
+        )
     )
 
 

@@ -36,14 +36,17 @@ async def test_discovery_lists_one_service_per_hook_with_generated_prefetch(sett
     patient_view = services["patient-view"]
     assert patient_view["id"] == "lumbar-patient-view"
     assert patient_view["prefetch"]["patient"] == "Patient/{{context.patientId}}"
-    observations = patient_view["prefetch"]["observations"]
+    searches = patient_view["prefetch"]
+    observations = ",".join(v for k, v in searches.items() if k.startswith("observations"))
     assert "http://snomed.info/sct|267064002" in observations  # read by the cauda equina rule
     assert "http://snomed.info/sct|75367002" not in observations  # read by no rule
     assert "rule-set version" in patient_view["usageRequirements"]
+    assert max(len(template) for template in searches.values()) <= 2000  # what FHIR servers accept
+    assert "icd-10-cm" not in observations  # only the code systems an Observation is coded in
 
 
 async def test_sandbox_patient_view_with_prefetch(settings_factory: Any) -> None:
-    body = (FIXTURES / "sandbox-patient-view.json").read_bytes()
+    body = json.dumps(builders.sandbox_patient_view())
     async with running(create_app(settings_factory())) as client:
         response = await client.post(SERVICE, content=body, headers={"Content-Type": "application/json"})
     assert response.status_code == 200, response.text
@@ -70,6 +73,7 @@ async def test_only_fhir_server_is_fetched_when_allowed(
         "Observation",
         "Procedure",
         "MedicationStatement",
+        "MedicationRequest",
         "ServiceRequest",
         "DiagnosticReport",
     }
@@ -236,8 +240,7 @@ async def test_health_readiness_and_metrics(settings_factory: Any) -> None:
     async with running(app) as client:
         assert (await client.get("/healthz")).json() == {"status": "ok"}
         ready = (await client.get("/readyz")).json()
-        body = (FIXTURES / "sandbox-patient-view.json").read_bytes()
-        await client.post(SERVICE, content=body)
+        await client.post(SERVICE, json=builders.sandbox_patient_view())
         metrics = (await client.get("/metrics")).text
     assert ready["status"] == "ready" and ready["database"] == "reachable"
     assert len(ready["rules"]["version"]) == 16

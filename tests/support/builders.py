@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from typing import Any
 
 SNOMED = "http://snomed.info/sct"
@@ -128,16 +129,29 @@ def hook_request(
     return body
 
 
-# The prefetch keys the bundled patient-view service asks for.
-PATIENT_VIEW_KEYS = (
-    "patient",
-    "conditions",
-    "observations",
-    "procedures",
-    "medications",
-    "servicerequests",
-    "diagnosticreports",
-)
+def _bundled_keys() -> tuple[str, ...]:
+    from rules.engine.ruleset import load_ruleset  # only where a test needs the keys
+
+    catalogue = Path(__file__).resolve().parents[2] / "rules" / "catalog"
+    return tuple(load_ruleset(catalogue).prefetch["patient-view"])
+
+
+PATIENT_VIEW_KEYS = _bundled_keys()
+"""The prefetch keys the bundled patient-view service asks for (generated from the rules)."""
+
+
+def sandbox_patient_view() -> dict[str, Any]:
+    """``tests/fixtures/sandbox-patient-view.json`` with the keys today's discovery adds that the recording
+    lacks filled as the sandbox fills them: it runs every template against its FHIR server, and a search
+    that finds nothing is an empty Bundle (rule edits add and split keys; the recording stays as sent)."""
+    import json
+
+    body: dict[str, Any] = json.loads(
+        (Path(__file__).resolve().parents[1] / "fixtures" / "sandbox-patient-view.json").read_text()
+    )
+    for key in PATIENT_VIEW_KEYS:
+        body["prefetch"].setdefault(key, bundle())
+    return body
 
 
 def fhir_authorization(access_token: str) -> dict[str, Any]:
@@ -157,6 +171,7 @@ def prefetch_for(resources: list[dict[str, Any]], keys: list[str]) -> dict[str, 
         "conditions": "Condition",
         "observations": "Observation",
         "medications": "MedicationStatement",
+        "medicationrequests": "MedicationRequest",
         "servicerequests": "ServiceRequest",
         "diagnosticreports": "DiagnosticReport",
         "procedures": "Procedure",
@@ -165,8 +180,12 @@ def prefetch_for(resources: list[dict[str, Any]], keys: list[str]) -> dict[str, 
     for key in keys:
         if key == "patient":
             out[key] = next((r for r in resources if r["resourceType"] == "Patient"), None)
+        elif key.partition("-")[2]:
+            out[key] = bundle()  # a long search split in parts: the first part carries every resource
         else:
-            out[key] = bundle(*(r for r in resources if r["resourceType"] == types[key]))
+            # a MedicationRequest search may carry the Medications it names (as with _include)
+            wanted = {types[key], "Medication"} if key == "medicationrequests" else {types[key]}
+            out[key] = bundle(*(r for r in resources if r["resourceType"] in wanted))
     return out
 
 
