@@ -203,7 +203,13 @@ class PatientRecord:
                     names.update(index.by_code.get(key, ()))
                     names.update(name for name, sites in index.sited.get(key, ()) if fact.body_sites & sites)
                     names.update(index.icd_names(key))
-                if fact.text:
+                # the text is the safety net for what no code made a member of any value set
+                if (
+                    not names
+                    and fact.text
+                    and index.any_text is not None
+                    and index.any_text.search(fact.text)
+                ):
                     for vs in index.text:
                         if vs.name not in names and vs.named_in(fact.text, fact.resource_type):
                             names.add(vs.name)

@@ -207,6 +207,7 @@ class ValueSetIndex:
     sited: dict[CodeKey, tuple[tuple[str, frozenset[CodeKey]], ...]] = field(default_factory=dict)
     text: tuple[ValueSet, ...] = ()  # the value sets with text patterns
     icd: tuple[tuple[str, IcdSpan], ...] = ()  # (value set, ICD-10-CM span)
+    any_text: re.Pattern[str] | None = None  # all the text patterns: one search rules most texts out
 
     def icd_names(self, key: CodeKey) -> list[str]:
         """The value sets whose ICD-10-CM hierarchy entries hold ``key``."""
@@ -229,4 +230,7 @@ class ValueSetIndex:
             {k: tuple(v) for k, v in sited.items()},
             tuple(vs for vs in valuesets.values() if vs.text is not None),
             tuple((name, span) for name, vs in valuesets.items() for span in vs.icd),
+            re.compile("|".join(vs.text.pattern for vs in valuesets.values() if vs.text), re.IGNORECASE)
+            if any(vs.text for vs in valuesets.values())
+            else None,
         )

@@ -187,6 +187,24 @@ CASES = [
         True,
         [_condition("ca-1", builders.SNOMED, "363358000", "Malignant tumor of lung", onset="2024-02-01")],
     ),
+    Case(  # by its code alone (no display for the text net): the widened SNOMED CT list
+        "snomed-363358000-lung-cancer-code-only",
+        "rf-cancer-history",
+        True,
+        [_condition("ca-1", builders.SNOMED, "363358000", onset="2024-02-01")],
+    ),
+    Case(
+        "snomed-254637007-nsclc-synthea-code-only",
+        "rf-cancer-history",
+        True,
+        [_condition("ca-1", builders.SNOMED, "254637007", onset="2024-02-01")],
+    ),
+    Case(
+        "snomed-92691004-prostate-carcinoma-in-situ-is-not-malignancy",
+        "rf-cancer-history",
+        False,
+        [_condition("ca-1", builders.SNOMED, "92691004", "Carcinoma in situ of prostate (disorder)")],
+    ),
     Case(
         "icd-z85.3-breast-cancer-history",
         "rf-cancer-history",
@@ -260,6 +278,12 @@ CASES = [
                 clinical="resolved",
             )
         ],
+    ),
+    Case(
+        "snomed-72892002-normal-pregnancy-code-only",
+        "dx-pregnancy-related-lbp",
+        True,
+        [_condition("preg-1", builders.SNOMED, "72892002", onset="2026-08-01")],
     ),
     Case(
         "icd-z34-supervision-of-normal-pregnancy",

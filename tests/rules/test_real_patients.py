@@ -103,6 +103,11 @@ def test_a_real_patient_gets_the_reviewed_red_flags(ruleset: RuleSet, path: Path
         unexplained = sorted(set(found) - set(expected[hook]))
         assert missed == [], f"{hook}: red flags the record shows, not found"
         assert unexplained == [], f"{hook}: warning/critical cards without a reviewed reason"
+        if hook == "order-select" and found:  # a red flag: the MRI is never called not appropriate
+            ratings = [a.description for a in evaluation.system_actions]
+            assert ratings and not any(r.endswith(": not-appropriate") for r in ratings), ratings
+            actions = [a for c in evaluation.cards for s in c.suggestions or () for a in s.actions or ()]
+            assert all(a.type != "delete" for a in actions)
 
 
 def test_a_wrong_expectation_fails(ruleset: RuleSet) -> None:
