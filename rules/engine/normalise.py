@@ -14,7 +14,6 @@ Only resources carrying a code the rule set reads (or text matching a value set'
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,17 +56,19 @@ class RecordBuilder:
     """What the rule set reads: only resources with these codes (or matching text) become facts."""
 
     relevant: frozenset[CodeKey]
-    text_pattern: re.Pattern[str] | None = None
     index: ValueSetIndex = field(default_factory=ValueSetIndex)  # which value sets a fact belongs to
     chronic: ValueSet | None = None  # pain recorded as chronic: an episode of at least 12 weeks
 
-    def match(self, keys: tuple[CodeKey, ...], text: str) -> tuple[CodeKey, ...] | None:
-        """The relevant codes of a resource; its codes (or a text marker) when only its text matches."""
+    def match(
+        self, keys: tuple[CodeKey, ...], text: str, resource_type: str | None = None
+    ) -> tuple[CodeKey, ...] | None:
+        """The relevant codes of a resource; its codes (or a text marker) when only its text matches a
+        pattern that counts in its resource type (None: any pattern, as for medications)."""
         relevant = self.relevant
         matched = tuple(key for key in keys if key in relevant or self.index.icd_names(key))
         if matched:
             return matched
-        if self.text_pattern is not None and text and self.text_pattern.search(text):
+        if text and next(self.index.named_by_text(text, resource_type), None) is not None:
             return keys or (TEXT_ONLY,)
         return None
 
@@ -131,7 +132,7 @@ def _present(obs: Observation, interpretation: frozenset[CodeKey]) -> bool:
 
 def observation_fact(obs: Observation, builder: RecordBuilder) -> Fact | None:
     text = _text(obs.code)
-    codes = builder.match(keys_of(obs.code), text)
+    codes = builder.match(keys_of(obs.code), text, "Observation")
     if codes is None or obs.status not in _OBSERVATION_COUNTS or obs.data_absent_reason is not None:
         return None
     interpretation = frozenset(k for concept in obs.interpretation for k in keys_of(concept))
@@ -220,7 +221,7 @@ def onset_age(cond: Condition) -> tuple[float, float] | None:
 
 def condition_fact(cond: Condition, builder: RecordBuilder) -> Fact | None:
     text = _text(cond.code)
-    codes = builder.match(keys_of(cond.code), text)
+    codes = builder.match(keys_of(cond.code), text, "Condition")
     if codes is None or _status(cond.verification_status) in _CONDITION_DROPPED:
         return None
     clinical = _status(cond.clinical_status)
@@ -253,7 +254,7 @@ def condition_fact(cond: Condition, builder: RecordBuilder) -> Fact | None:
 
 def procedure_fact(proc: Procedure, builder: RecordBuilder) -> Fact | None:
     text = _text(proc.code)
-    codes = builder.match(keys_of(proc.code), text)
+    codes = builder.match(keys_of(proc.code), text, "Procedure")
     if codes is None or proc.status in _PROCEDURE_DROPPED:
         return None
     period = proc.performed_period

@@ -204,16 +204,10 @@ class PatientRecord:
                     names.update(name for name, sites in index.sited.get(key, ()) if fact.body_sites & sites)
                     names.update(index.icd_names(key))
                 # the text is the safety net for what no code made a member of any value set
-                if (
-                    not names
-                    and fact.text
-                    and index.any_text is not None
-                    and index.any_text.search(fact.text)
-                ):
-                    for vs in index.text:
-                        if vs.name not in names and vs.named_in(fact.text, fact.resource_type):
-                            names.add(vs.name)
-                            self._by_text.add((id(fact), vs.name))
+                if fact.text and not names:
+                    for vs in index.named_by_text(fact.text, fact.resource_type):
+                        names.add(vs.name)
+                        self._by_text.add((id(fact), vs.name))
                 for name in names:
                     members.setdefault(name, []).append(fact)
             self._members = members

@@ -12,7 +12,6 @@ Catalogue layout (``LUMBAR_RULES_DIR``)::
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -397,11 +396,9 @@ def load_ruleset(directory: Path) -> RuleSet:
         # by the paths inside the catalogue: replicas started from other folders report the same version
         "".join(f"{k}:{v}\n" for k, v in sorted(loader.by_name.items())).encode()
     ).hexdigest()
-    texts = [vs.text.pattern for vs in valuesets.values() if vs.text is not None]
     builder = RecordBuilder(
         _relevant_codes(ordered, valuesets, context),
-        re.compile("|".join(texts), re.IGNORECASE) if texts else None,
-        ValueSetIndex.build(valuesets),
+        ValueSetIndex.build(valuesets, frozenset().union(*(rule.reads_medications for rule in ordered))),
         valuesets.get(CHRONIC_VALUESET),
     )
     ruleset = RuleSet(

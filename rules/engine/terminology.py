@@ -7,6 +7,7 @@ A code is matched on system and code together, never on the code string alone (k
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -207,7 +208,15 @@ class ValueSetIndex:
     sited: dict[CodeKey, tuple[tuple[str, frozenset[CodeKey]], ...]] = field(default_factory=dict)
     text: tuple[ValueSet, ...] = ()  # the value sets with text patterns
     icd: tuple[tuple[str, IcdSpan], ...] = ()  # (value set, ICD-10-CM span)
-    any_text: re.Pattern[str] | None = None  # all the text patterns: one search rules most texts out
+    # By resource type, the finding value sets whose text counts in it (a search per set: Python's re tries
+    # every branch of one joined pattern at every position, which costs more than the separate searches).
+    text_by_type: dict[str, tuple[ValueSet, ...]] = field(default_factory=dict)
+
+    def named_by_text(self, text: str, resource_type: str | None) -> Iterator[ValueSet]:
+        """The value sets whose concept ``text`` names in a resource of this type (None: every set with
+        text, as a medication's text is read)."""
+        sets = self.text if resource_type is None else self.text_by_type.get(resource_type, ())
+        return (vs for vs in sets if vs.named_in(text))
 
     def icd_names(self, key: CodeKey) -> list[str]:
         """The value sets whose ICD-10-CM hierarchy entries hold ``key``."""
@@ -217,7 +226,10 @@ class ValueSetIndex:
         return [name for name, span in self.icd if icd_in(compact, span)]
 
     @classmethod
-    def build(cls, valuesets: dict[str, ValueSet]) -> ValueSetIndex:
+    def build(
+        cls, valuesets: dict[str, ValueSet], medication_sets: frozenset[str] = frozenset()
+    ) -> ValueSetIndex:
+        """``medication_sets`` are read from medications only, whose text counts whatever ``text_in`` says."""
         by_code: dict[CodeKey, list[str]] = {}
         sited: dict[CodeKey, list[tuple[str, frozenset[CodeKey]]]] = {}
         for name, vs in valuesets.items():
@@ -230,7 +242,11 @@ class ValueSetIndex:
             {k: tuple(v) for k, v in sited.items()},
             tuple(vs for vs in valuesets.values() if vs.text is not None),
             tuple((name, span) for name, vs in valuesets.items() for span in vs.icd),
-            re.compile("|".join(vs.text.pattern for vs in valuesets.values() if vs.text), re.IGNORECASE)
-            if any(vs.text for vs in valuesets.values())
-            else None,
+            _text_by_type([vs for name, vs in valuesets.items() if name not in medication_sets]),
         )
+
+
+def _text_by_type(findings: list[ValueSet]) -> dict[str, tuple[ValueSet, ...]]:
+    texted = [vs for vs in findings if vs.text is not None]
+    types = sorted({kind for vs in texted for kind in vs.text_in})
+    return {kind: tuple(vs for vs in texted if kind in vs.text_in) for kind in types}

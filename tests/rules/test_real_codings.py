@@ -142,6 +142,27 @@ CASES = [
         [_condition("lbp-icd", ICD, "M54.16", verification="refuted"), RETENTION],
         with_pain=False,
     ),
+    # a problem entered today for "chronic back pain" is not an acute episode (chronic = over 12 weeks)
+    Case(
+        "snomed-134407002-chronic-back-pain-entered-today",
+        "ref-pain-management-chronic",
+        True,
+        [_condition("lbp-chronic", builders.SNOMED, "134407002", onset="2026-11-21")],
+        with_pain=False,
+    ),
+    Case(
+        "snomed-38781000087100-chronic-primary-lbp-no-display",
+        "ref-pain-management-chronic",
+        True,
+        [_condition("lbp-chronic", builders.SNOMED, "38781000087100", onset=None)],
+        with_pain=False,
+    ),
+    Case(
+        "snomed-134407002-chronic-back-pain-refuted",
+        "ref-pain-management-chronic",
+        False,
+        [_condition("lbp-chronic", builders.SNOMED, "134407002", verification="refuted")],
+    ),
     Case(
         "icd-m54.2-neck-pain-is-not-lbp",
         "rf-ces-sphincter-disturbance",
