@@ -23,7 +23,7 @@ import orjson
 from pydantic import ValidationError
 
 from cds_hooks.response import Action, Card, Coding, Link, Source, Suggestion
-from rules.engine.context import Check
+from rules.engine.context import INDICATOR_ORDER, Check
 from rules.engine.facts import Evidence, OrderFact
 from rules.engine.source import known_good, remember_good
 from rules.engine.terminology import CodeKey, Terminology, ValueSet
@@ -126,6 +126,16 @@ class SuggestionTemplate:
     remove_draft: ValueSet | None = None
     only_if: Check | None = None
     min_indicator: str | None = None
+    order_at: tuple[
+        tuple[str, OrderTemplate], ...
+    ] = ()  # (indicator, order at that priority), most urgent first
+
+    def order_for(self, indicator: str) -> OrderTemplate | None:
+        """The order at the priority the card's effective ``indicator`` calls for."""
+        for level, order in self.order_at:
+            if INDICATOR_ORDER[indicator] >= INDICATOR_ORDER[level]:
+                return order
+        return self.order
 
 
 @dataclass(frozen=True)

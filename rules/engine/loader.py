@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from cds_hooks.response import Link, Source
 from rules.engine import schema
 from rules.engine.cards import (
+    PRIORITY_RANK,
     CardTemplate,
     OrderTemplate,
     SuggestionTemplate,
@@ -22,7 +23,7 @@ from rules.engine.cards import (
     card_links,
 )
 from rules.engine.conditions import compile_condition
-from rules.engine.context import Check, CompileEnv, DataPath, parse_duration
+from rules.engine.context import INDICATOR_ORDER, Check, CompileEnv, DataPath, parse_duration
 from rules.engine.diagnostics import Diagnostic, did_you_mean
 from rules.engine.source import SourceDocument, read_yaml
 from rules.engine.suggestions import Modifier
@@ -329,13 +330,21 @@ class Loader:
                 continue
             codes.append(key)
             try:
-                suggestions.append(make(order=self.order(key, item.priority, terminology)))
+                order_at = tuple(
+                    (level, self.order(key, priority, terminology))
+                    for level, priority in sorted(
+                        item.priority_at.items(), key=lambda entry: -INDICATOR_ORDER[entry[0]]
+                    )
+                )
+                suggestions.append(make(order=self.order(key, item.priority, terminology), order_at=order_at))
             except ValueError as exc:
                 self.diagnostics.append(document.diagnostic(where, str(exc)))
         if len(codes) != len(set(codes)) and not any(s.only_if or s.min_indicator for s in suggestions):
             self.diagnostics.append(
                 document.diagnostic(("card", "suggestions"), "the same order is suggested twice")
             )
+        for where, problem in urgency_problems(parsed, terminology):
+            self.diagnostics.append(document.diagnostic(where, problem))
         notes = tuple(
             (compile_condition(n.when, ("card", "notes", i, "when"), env), n.text)
             for i, n in enumerate(spec.notes)
@@ -475,3 +484,57 @@ def _is_type_tag(part: str) -> bool:
     if part in _MODEL_NAMES or part in ("str", "bool", "int", "float", "is-instance[str]"):
         return True
     return part.startswith(("constrained-", "function-", "list[", "tuple[", "dict[", "nullable["))
+
+
+# What a card's summary promises about time, and the order priority it needs (FHIR request-priority):
+# "now", "immediately", "within 4 hours" → an emergency referral at stat and every order stat or asap;
+# "same day", "today", "within 24 hours" → every order stat or asap.
+_NOW = re.compile(
+    r"\b(emergency department|emergency|acute oncology|oncology) now\b|\bimmediately\b|within 4 hours", re.I
+)
+_SAME_DAY = re.compile(r"\bsame[- ]day\b|\btoday\b|within 24 hours", re.I)
+EMERGENCY_REFERRAL: CodeKey = (
+    "http://snomed.info/sct",
+    "306254002",
+)  # Referral to Accident and Emergency doctor
+
+
+def urgency_problems(parsed: schema.RuleFile, terminology: Terminology) -> list[tuple[DataPath, str]]:
+    """Summaries whose words are more urgent than the orders offered with them: at each level a summary
+    applies (the card's own, each escalation's), the orders offered there must carry the priority the words
+    promise (``lumbar check`` lint, issue 15)."""
+    spec = parsed.card
+    assert spec is not None
+    levels = [(parsed.indicator, spec.summary, ("card", "summary"))] + [
+        (e.indicator, e.summary or spec.summary, ("escalate", i, "summary"))
+        for i, e in enumerate(parsed.escalate)
+    ]
+    emergency = terminology.canonical(EMERGENCY_REFERRAL)
+    problems: list[tuple[DataPath, str]] = []
+    for level, summary, where in levels:
+        now, same_day = bool(_NOW.search(summary)), bool(_SAME_DAY.search(summary))
+        if not (now or same_day):
+            continue
+        for index, item in enumerate(spec.suggestions):
+            if item.order is None:
+                continue
+            if item.min_indicator and INDICATOR_ORDER[item.min_indicator] > INDICATOR_ORDER[level]:
+                continue
+            reached = [
+                p for at, p in item.priority_at.items() if INDICATOR_ORDER[at] <= INDICATOR_ORDER[level]
+            ]
+            priority = max([item.priority, *reached], key=lambda p: PRIORITY_RANK[p])
+            key, _ = terminology.resolve(item.order)
+            is_emergency = key is not None and terminology.canonical(key) == emergency
+            needed = ("stat",) if now and is_emergency else ("stat", "asap")
+            if priority not in needed:
+                words = "now" if now else "same day"
+                problems.append(
+                    (
+                        ("card", "suggestions", index),
+                        f"the {level} summary at {'.'.join(map(str, where))} says '{words}' but "
+                        f"{item.label!r} is {priority} at {level}: use {' or '.join(needed)} "
+                        f"(priority_at: {{{level}: {needed[0] if len(needed) == 1 else 'asap'}}})",
+                    )
+                )
+    return problems

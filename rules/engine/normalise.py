@@ -229,7 +229,10 @@ def condition_fact(cond: Condition, builder: RecordBuilder) -> Fact | None:
     onset_text = explicit or cond.recorded_date
     onset = _range(onset_text)
     recorded = _range(cond.recorded_date)
-    ends = [r.end for r in (onset, recorded) if r is not None]
+    # present until it abated: a resolved problem's time window runs from its abatement
+    period_end = cond.abatement_period.end if cond.abatement_period else None
+    abated = _range(cond.abatement_date_time or period_end)
+    ends = [r.end for r in (onset, recorded, abated) if r is not None]
     sites, sides = _sites(cond.body_site)
     label = (cond.code.text if cond.code else None) or _display(cond.code)
     current = clinical is None or clinical in _CONDITION_CURRENT

@@ -280,6 +280,9 @@ class SuggestionSpec(Strict):
     order: CodeRef | None = None
     remove_draft: Name | None = None  # delete the hook's draft orders coded from this value set
     priority: Priority = "routine"
+    # A more urgent priority once the card reaches an indicator (e.g. ``{critical: asap}``: same-day work-up
+    # when the card escalates to critical); the highest level reached applies.
+    priority_at: dict[IndicatorName, Priority] = Field(default_factory=dict)
     recommended: bool = True
     window: Duration = "6w"  # not suggested again when already active/done within this window
     only_if: Condition | None = None  # offered only when this holds

@@ -47,12 +47,13 @@ def _candidates(
             if drafts:
                 plan.removals.append((spec, drafts))
             continue
-        assert spec.order is not None  # the schema requires an order or a removal
-        planned = PlannedOrder(spec.label, spec.recommended, spec.order, spec.window)
+        order = spec.order_for(plan.indicator)
+        assert order is not None  # the schema requires an order or a removal
+        planned = PlannedOrder(spec.label, spec.recommended, order, spec.window)
         for modifier in modifiers:
-            replacement = modifier.replace.get(spec.order.code, {}).get(spec.order.priority)
+            replacement = modifier.replace.get(order.code, {}).get(order.priority)
             if replacement is not None:
-                label = f"{replacement.display} instead of {spec.order.display} ({modifier.reason})"
+                label = f"{replacement.display} instead of {order.display} ({modifier.reason})"
                 planned = PlannedOrder(label[:120], spec.recommended, replacement, spec.window)
                 if modifier.note not in plan.notes:
                     plan.notes.append(modifier.note)

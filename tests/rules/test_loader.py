@@ -177,3 +177,45 @@ def test_the_version_does_not_depend_on_the_working_directory(
         (copy / "valuesets" / "lumbar-imaging.yaml").read_text() + "\n"
     )
     assert load_ruleset(copy).version != here
+
+
+def test_an_order_less_urgent_than_its_summary_is_an_error(catalog: Path) -> None:
+    """The summary-urgency lint (issue 15): a same-day card whose MRI is only urgent, or an "emergency
+    department now" card whose emergency referral is only asap, is refused with the suggestion's line."""
+    fever = catalog / "rf-fever-spinal-infection.yaml"
+    edit(
+        fever,
+        'order: "loinc:24967-2", priority: urgent, priority_at: {critical: asap}}',
+        'order: "loinc:24967-2", priority: urgent}',
+    )
+    trauma = catalog / "rf-recent-trauma.yaml"
+    edit(trauma, 'order: "snomed:306254002", priority: stat', 'order: "snomed:306254002", priority: asap')
+    errors = _errors(catalog)
+    mri = _line_of(fever, 'order: "loinc:24967-2"')
+    referral = _line_of(trauma, 'order: "snomed:306254002"')
+    assert any(
+        f"rf-fever-spinal-infection.yaml:{mri}:" in e
+        and "says 'same day'" in e
+        and "is urgent at critical" in e
+        for e in errors
+    ), errors
+    assert any(
+        f"rf-recent-trauma.yaml:{referral}:" in e and "says 'now'" in e and "use stat" in e for e in errors
+    ), errors
+    assert len([e for e in errors if ": error:" in e]) == 2, (
+        errors
+    )  # nothing else in the catalogue is flagged
+
+
+def test_priority_at_raises_an_order_only_at_its_level(catalog: Path) -> None:
+    ruleset = load_ruleset(catalog)
+    mri = next(
+        s
+        for s in ruleset.by_id["rf-fever-spinal-infection"].card.suggestions  # type: ignore[union-attr]
+        if s.order is not None and s.order.code[1] == "24967-2"
+    )
+    assert [mri.order_for(level).priority for level in ("info", "warning", "critical")] == [  # type: ignore[union-attr]
+        "urgent",
+        "urgent",
+        "asap",
+    ]
