@@ -7,7 +7,7 @@ optionality). Unknown top-level and context fields are ignored, as clients add t
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
 
 import orjson
@@ -109,6 +109,20 @@ class _HookRequestBase(WireModel):
     fhir_authorization: FhirAuthorization | None = None
     prefetch: dict[str, Resource | None] = Field(default_factory=dict)
     extension: dict[str, Any] | None = None
+    # Prefetch keys the service could obtain neither from the client nor from the FHIR server (key -> why);
+    # set by the service, never from the request body.
+    _unavailable: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @property
+    def unavailable(self) -> dict[str, str]:
+        """The prefetch keys that could not be obtained, with the reason (safe to show)."""
+        return self._unavailable
+
+    def with_prefetch(self, prefetch: dict[str, Resource | None], unavailable: dict[str, str]) -> Self:
+        """A copy with the completed prefetch and the keys that could not be obtained."""
+        copy = self.model_copy(update={"prefetch": prefetch})
+        copy._unavailable = dict(unavailable)
+        return copy
 
     @model_validator(mode="after")
     def _server_with_token(self) -> _HookRequestBase:

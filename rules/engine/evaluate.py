@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from cds_hooks.request import HookRequest
 from cds_hooks.response import Action, Card, CdsResponse, Coding, Source
+from rules.engine import sufficiency
 from rules.engine.cards import RULE_SYSTEM, CardPlan, override_reasons, render_card
 from rules.engine.context import INDICATOR_ORDER, EvalContext
 from rules.engine.facts import Evidence
@@ -42,6 +43,7 @@ class Verdict:
     card: str | None = None  # the rule whose card shows this rule's evidence
     indicator: str | None = None  # the effective indicator, escalations applied
     error: str | None = None
+    undecided: tuple[Evidence, ...] = ()  # a reassuring rule that fired on insufficient data: why
 
 
 @dataclass(frozen=True)
@@ -112,8 +114,20 @@ def _resolver(ruleset: RuleSet) -> tuple[Any, Any]:
 def prepare(ruleset: RuleSet, request: HookRequest, now: datetime) -> EvalContext:
     """The normalised record and a fresh evaluation context for ``request`` at ``now``."""
     record = PatientRecord.from_request(request, ruleset.builder, now)
+    record.unavailable = ruleset.unavailable_types(request.hook, request.unavailable)
     resolve, indicator = _resolver(ruleset)
-    return EvalContext(record, now, request.hook, ruleset.context, resolve, indicator, ruleset.red_flag_ids)
+    return EvalContext(
+        record,
+        now,
+        request.hook,
+        ruleset.context,
+        resolve,
+        indicator,
+        ruleset.red_flag_ids,
+        recognised=ruleset.recognised,
+        red_flag_sources=ruleset.red_flag_sources(request.hook),
+        hook_rules=frozenset(rule.id for rule in ruleset.rules_for(request.hook)),
+    )
 
 
 def evaluate(ruleset: RuleSet, request: HookRequest, now: datetime) -> Evaluation:
@@ -164,10 +178,13 @@ def evaluate(ruleset: RuleSet, request: HookRequest, now: datetime) -> Evaluatio
             )
             continue
         owner = rule.consolidate_into or rule.id
-        verdicts[rule_id] = Verdict(rule_id, "fired", tuple(found), card=owner, indicator=levels[rule_id])
+        doubts = tuple(sufficiency.doubts(rule.reassurance, ctx)) if rule.reassurance else ()
+        verdicts[rule_id] = Verdict(
+            rule_id, "fired", tuple(found), card=owner, indicator=levels[rule_id], undecided=doubts
+        )
         groups[owner].append((rule, found))
 
-    plans = _card_plans(ruleset, ctx, groups, levels)
+    plans = _card_plans(ruleset, ctx, groups, levels, verdicts)
     modifiers = [modifier for rule_id, modifier in ruleset.modifiers if verdicts[rule_id].status == "fired"]
     plan_suggestions(plans, ctx, modifiers, ruleset.terminology)
     cards = [
@@ -211,6 +228,7 @@ def _card_plans(
     ctx: EvalContext,
     groups: dict[str, list[tuple[CompiledRule, list[Evidence]]]],
     levels: dict[str, str],
+    verdicts: dict[str, Verdict],
 ) -> list[CardPlan]:
     order = ruleset.order
     # Every card also cites the episode that gates it (B3/B4), or, with no dated pain record, what gives the
@@ -225,14 +243,22 @@ def _card_plans(
         assert template is not None  # the loader guarantees a consolidation target has a card
         level = max((levels[rule.id] for rule, _ in members), key=lambda x: INDICATOR_ORDER[x])
         summary = ruleset.by_id[owner].summary_at(ctx, levels.get(owner)) or template.summary
+        evidence = [e for _, found in members for e in found]
+        reassurance = ruleset.by_id[owner].reassurance
+        doubts = list(verdicts[owner].undecided) if owner in verdicts else []
+        if reassurance is not None and doubts:  # not enough seen to reassure: say so, and why
+            template, level, summary = (
+                reassurance.template,
+                reassurance.indicator,
+                reassurance.template.summary,
+            )
+            evidence = doubts + evidence
         plan = CardPlan(
-            template,
-            level,
-            summary,
-            [rule.id for rule, _ in members],
-            [e for _, found in members for e in found] + context_evidence,
+            template, level, summary, [rule.id for rule, _ in members], evidence + context_evidence
         )
         plan.notes = [text for check, text in template.notes if check(ctx) is not None]
+        if reassurance is not None and not doubts:
+            plan.notes.append(sufficiency.checked_line(ctx))
         plans.append(plan)
     plans.sort(key=lambda p: (-INDICATOR_ORDER[p.indicator], order[p.template.rule_id]))
     return plans
@@ -245,7 +271,9 @@ def _ratings(
     if not ctx.record.drafts:
         return actions
     for rule_id, rated in ruleset.ratings:
-        rating = RATING_BY_VERDICT.get(verdicts[rule_id].status)
+        verdict = verdicts[rule_id]
+        # a reassuring rule that could not decide rates nothing as not appropriate
+        rating = "no-criteria-apply" if verdict.undecided else RATING_BY_VERDICT.get(verdict.status)
         if rating is None:
             continue
         for draft in ctx.record.drafts:

@@ -31,7 +31,7 @@ from cds_hooks.resources import (
     Quantity,
     ServiceRequest,
 )
-from rules.engine.facts import INTERPRETATION, SNOMED, Fact, MedicationFact, OrderFact
+from rules.engine.facts import INTERPRETATION, SNOMED, Evidence, Fact, MedicationFact, OrderFact
 from rules.engine.terminology import CodeKey, ValueSet, ValueSetIndex, normal_key
 
 _YES = (SNOMED, "373066001")
@@ -253,6 +253,20 @@ def condition_fact(cond: Condition, builder: RecordBuilder) -> Fact | None:
         ongoing=current,
         onset_age=onset_age(cond) if explicit is None else None,
     )
+
+
+def unnamed_condition(cond: Condition) -> Evidence | None:
+    """A Condition that counts (current, not refuted) but carries no words at all, only codes no value set
+    holds: the service cannot tell what it is (issue 15), so it is evidence that the record was not all
+    recognised."""
+    if _status(cond.verification_status) in _CONDITION_DROPPED or _text(cond.code):
+        return None
+    clinical = _status(cond.clinical_status)
+    if clinical is not None and clinical not in _CONDITION_CURRENT:
+        return None
+    coded = ", ".join(f"{system} {code}" for system, code in keys_of(cond.code)) or "no code"
+    when = cond.onset_date_time or cond.recorded_date
+    return Evidence("Condition without a name", f"not recognised ({coded})", when, reference(cond))
 
 
 def procedure_fact(proc: Procedure, builder: RecordBuilder) -> Fact | None:

@@ -50,6 +50,7 @@ from rules.engine.normalise import (
     reference,
     report_order,
     request_order,
+    unnamed_condition,
 )
 from rules.engine.terminology import CodeKey, ValueSet, ValueSetIndex
 
@@ -101,6 +102,11 @@ class PatientRecord:
     by_code: dict[CodeKey, list[Fact]] = field(default_factory=dict)
     index: ValueSetIndex = field(default_factory=ValueSetIndex)
     chronic: ValueSet | None = None  # pain recorded as chronic (see :meth:`episode`)
+    # What was received (resources by type) and what could not be read (resource type -> why), for the
+    # sufficiency of reassuring cards (``rules.engine.sufficiency``); Conditions carrying no words.
+    received: dict[str, int] = field(default_factory=dict)
+    unavailable: dict[str, str] = field(default_factory=dict)
+    unnamed: list[Evidence] = field(default_factory=list)
     _members: dict[str, list[Fact]] | None = None
     _present: frozenset[str] | None = None
     _by_text: set[tuple[int, str]] = field(default_factory=set)  # (id of a fact, value set) by text only
@@ -116,6 +122,8 @@ class PatientRecord:
             _collect_medications(value, medications)
         for value in request.prefetch.values():
             for resource in iter_resources(value):
+                kind = type(resource).__name__
+                record.received[kind] = record.received.get(kind, 0) + 1
                 record._add(resource, builder, medications)
         raw = _raw_drafts(request)
         for resource in iter_resources(getattr(request.context, "draft_orders", None)):
@@ -168,6 +176,8 @@ class PatientRecord:
                 fact = make(resource, builder)
                 if fact is not None:
                     self.facts.append(fact)
+                elif isinstance(resource, Condition) and (unnamed := unnamed_condition(resource)):
+                    self.unnamed.append(unnamed)
             elif isinstance(resource, MedicationStatement | MedicationRequest):
                 medication = medication_fact(resource, builder, medications)
                 if medication is not None:

@@ -36,6 +36,7 @@ from rules.engine.loader import CompiledEscalation, Loader
 from rules.engine.normalise import RecordBuilder
 from rules.engine.prefetch import prefetch_templates
 from rules.engine.source import SourceDocument
+from rules.engine.sufficiency import MEDICATION_TYPES, Reassurance, compile_reassurance
 from rules.engine.suggestions import Modifier
 from rules.engine.terminology import CodeKey, Terminology, ValueSet, ValueSetIndex
 
@@ -70,6 +71,7 @@ class CompiledRule:
     descriptions: dict[Check, Description] = field(default_factory=dict)
     uses: frozenset[str] = frozenset()  # every value set the rule names
     needs: Needs = ()  # what ``when`` needs in the record to be true at all (see ``context.Needs``)
+    reassurance: Reassurance | None = None  # given only on sufficient data (``rules.engine.sufficiency``)
 
     def may_fire(self, present: frozenset[str]) -> bool:
         """False when the record lacks what ``when`` needs, so ``check`` would return None anyway: the
@@ -114,6 +116,39 @@ class RuleSet:
     def red_flag_ids(self) -> tuple[tuple[str, str], ...]:
         """The red-flag rules, each with the highest indicator it can reach."""
         return tuple((rule.id, rule.max_indicator) for rule in self.rules if rule.category == "red-flag")
+
+    @cached_property
+    def recognised(self) -> frozenset[str]:
+        """The value sets some red-flag rule reads: a fact in one of them has been judged by the red flags."""
+        rules = [rule for rule in self.rules if rule.category == "red-flag"]
+        return frozenset().union(*(rule.reads | rule.reads_medications for rule in rules))
+
+    def red_flag_sources(self, hook: str) -> frozenset[str]:
+        """The resource types the red-flag rules of ``hook`` read (always the patient and the problems)."""
+        key = ("red-flag sources", hook)
+        if key not in self.memo:
+            kinds = {"Patient", "Condition"}
+            for rule in self.rules_for(hook):
+                if rule.category != "red-flag":
+                    continue
+                for name in rule.reads:
+                    kinds.update(self.valuesets[name].resources)
+                if rule.reads_medications:
+                    kinds.update(MEDICATION_TYPES)
+                if rule.reads_orders:
+                    kinds.add("ServiceRequest")
+            self.memo[key] = frozenset(kinds)
+        sources: frozenset[str] = self.memo[key]
+        return sources
+
+    def unavailable_types(self, hook: str, keys: dict[str, str]) -> dict[str, str]:
+        """Unavailable prefetch keys (key -> why) as the resource types they search (type -> why)."""
+        templates = self.prefetch.get(hook, {})
+        out: dict[str, str] = {}
+        for key, why in keys.items():
+            kind = templates.get(key, key).split("?", 1)[0].split("/", 1)[0]
+            out[kind] = f"{out[kind]}; {why}" if kind in out else why
+        return out
 
     @cached_property
     def modifiers(self) -> tuple[tuple[str, Modifier], ...]:
@@ -178,6 +213,7 @@ def _compile_rule(
         for i, e in enumerate(parsed.escalate)
     )
     card = loader.card(parsed, doc, env) if parsed.card else None
+    reassurance = compile_reassurance(parsed, card, env) if card is not None else None
     rating = env.valueset(parsed.pama_rating, ("pama_rating",)) if parsed.pama_rating else None
     if parsed.pama_rating:
         env.reads_orders.add(parsed.pama_rating)
@@ -223,6 +259,7 @@ def _compile_rule(
         env.descriptions,
         frozenset(env.used),
         env.needs[check],
+        reassurance,
     )
 
 
@@ -428,4 +465,6 @@ def _relevant_codes(
             keys.update(s.order.code for s in rule.card.suggestions if s.order is not None)
         if rule.modifier is not None:
             keys.update(o.code for targets in rule.modifier.replace.values() for o in targets.values())
+        if rule.reassurance is not None and rule.reassurance.unrecognised is not None:
+            keys |= rule.reassurance.unrecognised.keys
     return frozenset(keys)

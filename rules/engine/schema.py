@@ -348,6 +348,26 @@ class CardSpec(Strict):
     notes: list[NoteSpec] = Field(default_factory=list)
 
 
+class UndecidedCard(Strict):
+    """The card shown instead of a reassuring one when the data does not suffice to reassure."""
+
+    summary: Annotated[str, StringConstraints(min_length=10, max_length=139)]
+    detail: Annotated[str, StringConstraints(min_length=10)]
+    indicator: IndicatorName = "info"
+
+
+class Reassurance(Strict):
+    """This rule's card reassures (advises against imaging, offers to cancel an order, rates it
+    not-appropriate): it is given only on sufficient data, and otherwise ``undecided`` says why not."""
+
+    # Conditions from this value set that no value set a red-flag rule reads recognises, and Conditions
+    # carrying neither a known code nor any words, make the data insufficient.
+    unless_unrecognised: Name | None = None
+    # ``red-flags``: every data source the hook's red-flag rules read must have been available.
+    requires_data: Literal["red-flags"] | None = None
+    undecided: UndecidedCard
+
+
 class References(Strict):
     knowledge_base: str  # the rule's number in the knowledge base, e.g. R01
     guidelines: list[str] = Field(min_length=1)
@@ -363,6 +383,18 @@ class PatientSpec(Strict):
     birth_date: str | None = Field(default=None, alias="birthDate")
     age: int | None = Field(default=None, ge=0, le=130)  # shorthand: a birth date giving this age at now
 
+
+PrefetchedType = Literal[
+    "Patient",
+    "Condition",
+    "Observation",
+    "Procedure",
+    "MedicationStatement",
+    "MedicationRequest",
+    "ServiceRequest",
+    "DiagnosticReport",
+]
+"""The resource types the prefetch reads."""
 
 RECORD_KINDS: dict[str, str] = {
     "observation": "Observation",
@@ -442,6 +474,8 @@ class TestCase(Strict):
     patient: PatientSpec | None = None
     records: list[RecordSpec] = Field(default_factory=list)
     draft_orders: list[RecordSpec] = Field(default_factory=list)
+    # Resource types the EHR could not provide (as if their prefetch searches had failed), with the reason.
+    unavailable: dict[PrefetchedType, str] = Field(default_factory=dict)
     expect: Expectation
     xfail: str | None = None  # a known gap: the case must fail, and says why
 
@@ -459,6 +493,7 @@ class RuleFile(Strict):
     suppresses: list[Name | SuppressEntry] = Field(default_factory=list)
     modifies: Modifier | None = None
     pama_rating: Name | None = None  # rate the hook's draft orders from this value set (Argonaut PAMA)
+    reassures: Reassurance | None = None  # only on sufficient data (see ``Reassurance``)
     references: References
     tests: list[TestCase] = Field(min_length=2)
 
@@ -466,6 +501,8 @@ class RuleFile(Strict):
     def _card_or_target(self) -> RuleFile:
         if (self.card is None) == (self.consolidate_into is None):
             raise ValueError("a rule needs either its own card or consolidate_into, not both")
+        if self.reassures is not None and self.card is None:
+            raise ValueError("a rule that reassures needs its own card")
         return self
 
 
@@ -493,6 +530,8 @@ ALL_KEYS: frozenset[str] = frozenset(
         SuggestionSpec,
         NoteSpec,
         Escalation,
+        UndecidedCard,
+        Reassurance,
         SuppressEntry,
         Modifier,
         LinkSpec,

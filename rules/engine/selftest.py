@@ -17,9 +17,10 @@ import orjson
 
 from cds_hooks.fhirtime import parse_fhir_datetime
 from cds_hooks.request import HookRequest, parse_hook_request
-from cds_hooks.response import Card
+from cds_hooks.response import Action, Card
 from rules.engine.context import parse_duration
 from rules.engine.evaluate import Evaluation, evaluate
+from rules.engine.pama import RATING_EXTENSION
 from rules.engine.ruleset import CompiledRule, RuleSet
 from rules.engine.schema import RecordSpec, TestCase
 from rules.engine.terminology import Terminology
@@ -356,6 +357,20 @@ def check_expectations(
         system, code = terminology.split(ref)
         if f"{system}|{code}" in everywhere:
             failures.append(f"expected no suggestion of {ref} on any card, but it is suggested")
+    ratings = sorted({rating for action in evaluation.system_actions for rating in _ratings_of(action)})
+    if expect.rating is not None and ratings != ([] if expect.rating == "none" else [expect.rating]):
+        failures.append(f"expected rating: {expect.rating}, got: {', '.join(ratings) or 'none'}")
+    if expect.removes_draft is not None:
+        deletes = any(
+            action.type == "delete"
+            for c in evaluation.cards
+            for sug in c.suggestions
+            for action in sug.actions
+        )
+        if deletes != expect.removes_draft:
+            failures.append(
+                f"expected removes_draft: {str(expect.removes_draft).lower()}, got: {str(deletes).lower()}"
+            )
     if expect.cards is not None and len(evaluation.cards) != expect.cards:
         failures.append(
             f"expected {expect.cards} card(s) in the response, got: {len(evaluation.cards)} "
@@ -367,6 +382,10 @@ def check_expectations(
 def case_request(case: TestCase, rule_id: str, ruleset: RuleSet) -> tuple[HookRequest, datetime]:
     """An embedded case as the engine sees it: the parsed hook request and the case's ``now``."""
     request = parse_hook_request(orjson.dumps(build_request(case, rule_id, ruleset)))
+    if case.unavailable:  # as the service passes on what the EHR could not provide (key: the type searched)
+        request = request.with_prefetch(
+            request.prefetch, {str(k): why for k, why in case.unavailable.items()}
+        )
     return request, parse_fhir_datetime(case.now).start
 
 
@@ -392,4 +411,15 @@ def run_tests(ruleset: RuleSet, rule_ids: set[str] | None = None) -> list[CaseRe
         for rule in ruleset.rules
         if rule_ids is None or rule.id in rule_ids
         for index in range(len(rule.tests))
+    ]
+
+
+def _ratings_of(action: Action) -> list[str]:
+    """The appropriateness ratings (Argonaut PAMA) an update action attaches to a draft order."""
+    extensions = (action.resource or {}).get("extension", []) if isinstance(action.resource, dict) else []
+    return [
+        coding.get("code", "")
+        for ext in extensions
+        if isinstance(ext, dict) and ext.get("url") == RATING_EXTENSION
+        for coding in ext.get("valueCodeableConcept", {}).get("coding", [])
     ]

@@ -69,3 +69,25 @@ def test_xfail_cases_must_fail(ruleset: RuleSet) -> None:
     assert not result.failures
     assert not result.ok
     assert "unexpectedly passed" in result.report()
+
+
+@pytest.mark.parametrize(
+    ("rule_id", "index", "change"),
+    [
+        ("test-imaging-order-not-indicated", 0, {"rating": "appropriate"}),
+        ("test-imaging-order-not-indicated", 0, {"rating": "none"}),
+        ("test-imaging-order-not-indicated", 0, {"removes_draft": False}),
+        ("test-imaging-order-not-indicated", 4, {"rating": "no-criteria-apply"}),  # a non-imaging draft
+        ("rf-known-spinal-infection", 1, {"removes_draft": True}),
+        ("rf-known-spinal-infection", 1, {"rating": "not-appropriate"}),
+    ],
+)
+def test_wrong_ratings_and_deletions_fail(
+    ruleset: RuleSet, rule_id: str, index: int, change: dict[str, object]
+) -> None:
+    """``rating`` and ``removes_draft`` are checked: a wrong one is reported (issue 15, 16)."""
+    rule = ruleset.by_id[rule_id]
+    result = run_case(ruleset, rule, index)
+    assert result.evaluation is not None and result.ok
+    case = rule.tests[index].model_copy(update={"expect": rule.tests[index].expect.model_copy(update=change)})
+    assert check_expectations(case, rule.id, result.evaluation, ruleset.terminology), change
