@@ -22,6 +22,7 @@ from typing import Literal
 
 import structlog
 
+from rules.engine.cards import card_rules
 from rules.engine.evaluate import Evaluation
 from service.metrics import Metrics
 from service.storage.database import Database
@@ -70,11 +71,12 @@ def from_evaluation(evaluation: Evaluation) -> tuple[tuple[AuditCard, ...], tupl
     cards = tuple(
         AuditCard(
             card_uuid=card.uuid or "",
-            rule_id=(card.source.topic.code if card.source.topic and card.source.topic.code else "unknown"),
+            rule_id=rule_id,
             indicator=card.indicator,
             suggestions=tuple(s.uuid for s in card.suggestions if s.uuid),
         )
         for card in evaluation.cards
+        for rule_id in card_rules(card)  # one row per rule credited: counts go to each contributing rule
     )
     rules: list[AuditRule] = []
     for verdict in evaluation.verdicts.values():

@@ -182,10 +182,9 @@ async def build_report(
         service,
     )
     calls = _within(select(func.count()).select_from(audit_call), since, until, service)
-    owners = select(audit_card.c.card_uuid, func.min(audit_card.c.rule_id).label("owner")).group_by(
-        audit_card.c.card_uuid
-    )
-    owner = owners.subquery()
+    # Each rule a card is credited to (one audit row each, service.audit.card_rules): feedback on the card
+    # counts for every one of them.
+    owner = select(audit_card.c.card_uuid, audit_card.c.rule_id.label("owner")).distinct().subquery()
     answers = _within(
         select(
             feedback.c.card_uuid,
@@ -211,7 +210,7 @@ async def build_report(
         answered: dict[tuple[str, str], set[str]] = defaultdict(set)
         reasons: dict[str, Counter[str]] = defaultdict(Counter)
         for card_uuid, outcome, linked, owned, display, code in await connection.execute(answers):
-            rule_id = linked or owned or UNKNOWN_CARD
+            rule_id = owned or linked or UNKNOWN_CARD
             answered[rule_id, outcome].add(card_uuid)
             if outcome == "overridden":
                 reasons[rule_id][display or code or "(no reason given)"] += 1

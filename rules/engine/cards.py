@@ -272,8 +272,15 @@ def render_card(
         summary=plan.summary,
         detail="\n".join(detail),
         indicator=plan.indicator,  # type: ignore[arg-type]  # an IndicatorName, validated at load
+        # The topic names a rule that fired: the owner, or the first rule whose evidence the owner's card
+        # shows (a merged cauda equina card from saddle numbness alone names the saddle rule); all of them
+        # are in the extension, and the audit trail credits each (issue 15).
         source=_card_source(
-            template.source.label, template.source.url, template.rule_id, template.title, ruleset_version
+            template.source.label,
+            template.source.url,
+            plan.rules[0] if plan.rules else template.rule_id,
+            template.title,
+            ruleset_version,
         ),
         suggestions=tuple(suggestions),
         selection_behavior=template.selection if suggestions else None,  # type: ignore[arg-type]
@@ -322,3 +329,10 @@ def _reason_codes(
         shown = terminology.display(code)
         reasons.append({"coding": [_coding(code, shown)], "text": shown})
     return reasons
+
+
+def card_rules(card: Card) -> list[str]:
+    """Every rule a card is credited to: the rules whose evidence it shows, its topic's rule first."""
+    topic = card.source.topic.code if card.source.topic and card.source.topic.code else "unknown"
+    listed = (card.extension or {}).get("lumbar-cds", {}).get("rules") or []
+    return [topic, *(rule for rule in listed if isinstance(rule, str) and rule != topic)]

@@ -253,9 +253,9 @@ def _card_plans(
                 reassurance.template.summary,
             )
             evidence = doubts + evidence
-        plan = CardPlan(
-            template, level, summary, [rule.id for rule, _ in members], evidence + context_evidence
-        )
+        # the rules whose evidence the card shows: the owner first when it fired itself (attribution)
+        rule_ids = sorted((rule.id for rule, _ in members), key=lambda rule_id: rule_id != owner)
+        plan = CardPlan(template, level, summary, rule_ids, evidence + context_evidence)
         plan.notes = [text for check, text in template.notes if check(ctx) is not None]
         if reassurance is not None and not doubts:
             plan.notes.append(sufficiency.checked_line(ctx))

@@ -18,6 +18,7 @@ import orjson
 from cds_hooks.fhirtime import parse_fhir_datetime
 from cds_hooks.request import HookRequest, parse_hook_request
 from cds_hooks.response import Action, Card
+from rules.engine.cards import card_rules
 from rules.engine.context import parse_duration
 from rules.engine.evaluate import Evaluation, evaluate
 from rules.engine.pama import RATING_EXTENSION
@@ -293,8 +294,9 @@ def build_request(case: TestCase, rule_id: str, ruleset: RuleSet) -> dict[str, A
 
 def _card_for(evaluation: Evaluation, rule_id: str) -> Card | None:
     verdict = evaluation.verdicts.get(rule_id)
-    owner = verdict.card if verdict is not None else None
-    return next((c for c in evaluation.cards if c.source.topic and c.source.topic.code == owner), None)
+    if verdict is None or verdict.card is None:  # (only a fired rule's evidence is on a card)
+        return None
+    return next((c for c in evaluation.cards if rule_id in card_rules(c)), None)
 
 
 def _suggested(card: Card) -> dict[str, str]:

@@ -191,3 +191,47 @@ def test_purge_keeps_the_retention_period(
     with pytest.raises(SystemExit) as refused:
         main(["purge", "--before", "not-a-date"])
     assert refused.value.code == 2
+
+
+def _saddle_and_bilateral() -> dict[str, Any]:
+    """Saddle numbness and bilateral leg numbness, no sphincter disturbance: the merged cauda equina card,
+    owned by the sphincter rule, which did not fire."""
+    now = datetime.now(UTC)  # the service evaluates at the wall clock
+    day = lambda days: (now - timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%SZ")  # noqa: E731
+    saddle = builders.finding("saddle", "44077006", day(1), display="Numbness")
+    saddle["bodySite"] = {"coding": [{"system": builders.SNOMED, "code": "38864007"}]}  # perineum
+    legs = builders.finding("legs", "309537005", day(2), display="Numbness of lower limb")
+    side = {"coding": [{"system": builders.SNOMED, "code": "51440002"}]}  # right and left
+    legs["component"] = [
+        {"code": {"coding": [{"system": builders.SNOMED, "code": "272741003"}]}, "valueCodeableConcept": side}
+    ]
+    resources = [builders.patient(), builders.condition("lbp", "279039007", day(8)[:10]), saddle, legs]
+    return builders.patient_view_request(resources)
+
+
+async def test_a_merged_card_is_credited_to_each_rule_that_fired_into_it(
+    settings_factory: Any, database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 15: the card names a rule that fired (not its owner), the audit trail credits each contributing
+    rule, and feedback on the card counts for each of them in the report, not for the owner."""
+    app = create_app(settings_factory(database_url=database_url))
+    async with running(app) as client:
+        response = await client.post(SERVICE, json=_saddle_and_bilateral())
+        assert response.status_code == 200, response.text
+        card = next(c for c in response.json()["cards"] if c["indicator"] == "critical")
+        contributors = card["extension"]["lumbar-cds"]["rules"]
+        assert set(contributors) == {"rf-ces-saddle-sensory-loss", "rf-ces-bilateral-radicular"}
+        assert card["source"]["topic"]["code"] == contributors[0]
+        body = {"feedback": [builders.overridden(card, OVERRIDE, "known", "2026-11-21T10:06:00Z")]}
+        assert (await client.post(f"{SERVICE}/feedback", json=body)).status_code == 200
+    credited = {c["rule_id"] for c in await _rows(database_url, audit_card) if c["card_uuid"] == card["uuid"]}
+    assert credited == set(contributors)
+    capsys.readouterr()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LUMBAR_DATABASE_URL", database_url)
+        assert await anyio.to_thread.run_sync(main, ["report", "--json"]) == 0
+        report = {r["rule_id"]: r for r in json.loads(capsys.readouterr().out)["rules"]}
+    for rule_id in contributors:
+        assert (report[rule_id]["cards"], report[rule_id]["overridden"]) == (1, 1), rule_id
+    owner = report.get("rf-ces-sphincter-disturbance", {})
+    assert owner.get("overridden", 0) == 0 and owner.get("cards", 0) == 0
