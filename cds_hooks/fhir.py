@@ -3,8 +3,9 @@
 Only servers on the allow-list are contacted; the bearer token from ``fhirAuthorization`` is sent to that
 server for that call and kept nowhere else. Keys are fetched in parallel within one time budget; paginated
 search results are followed through ``link[next]`` up to a page limit, and a next link that leaves the
-server's base URL is refused. Redirects are not followed. Any failure raises
-:class:`~cds_hooks.errors.PrefetchUnavailable`, which the service turns into 412 Precondition Failed.
+server's base URL is refused. Redirects are not followed. ``fill_prefetch`` fills each key on its own and
+reports the keys it could not fill with the reason; ``complete_prefetch`` is the all-or-nothing form,
+raising :class:`~cds_hooks.errors.PrefetchUnavailable`.
 """
 
 from __future__ import annotations
@@ -88,48 +89,70 @@ class FhirClient:
     async def complete_prefetch(
         self, request: HookRequest, templates: Mapping[str, str]
     ) -> dict[str, Resource | None]:
-        """Return the request's prefetch with every key of ``templates`` satisfied.
-
-        When nothing is missing, the request's own ``prefetch`` object is returned unchanged.
+        """Return the request's prefetch with every key of ``templates`` satisfied (all or nothing).
 
         Raises:
-            PrefetchUnavailable: a key cannot be filled (no server, not allowed, error, timeout, too large).
+            PrefetchUnavailable: a key cannot be filled (the first one, in template order).
+        """
+        prefetch, unavailable = await self.fill_prefetch(request, templates)
+        for key in templates:
+            if key in unavailable:
+                raise PrefetchUnavailable(key, unavailable[key])
+        return prefetch
+
+    async def fill_prefetch(
+        self, request: HookRequest, templates: Mapping[str, str]
+    ) -> tuple[dict[str, Resource | None], dict[str, str]]:
+        """Fill what the client left unsatisfied, each key on its own: the prefetch with every key that
+        could be had, and the keys that could not (key -> why, safe to show).
+
+        One key failing (a search answered 404 or not-supported, too many pages, a bad next link) leaves the
+        others; at the end of the time budget, the keys not yet filled are unavailable. When nothing is
+        missing, the request's own ``prefetch`` object is returned unchanged.
         """
         states = assess_prefetch(list(templates), request.prefetch)
         todo = {k: s for k, s in states.items() if s in (KeyState.MISSING, KeyState.PAGINATED)}
         if not todo:
-            return request.prefetch
+            return request.prefetch, {}
         prefetch: dict[str, Resource | None] = dict(request.prefetch)
-        first = next(iter(todo))
         server = request.fhir_server
+        why: str | None = None
         if server is None:
-            raise PrefetchUnavailable(
-                first, "not in prefetch, and the request names no fhirServer to fetch it from"
-            )
-        if not self._allowlist.permits(server):
-            raise PrefetchUnavailable(first, f"the FHIR server {server} is not in LUMBAR_FHIR_ALLOWLIST")
+            why = "not in prefetch, and the request names no fhirServer to fetch it from"
+        elif not self._allowlist.permits(server):
+            why = f"the FHIR server {server} is not in LUMBAR_FHIR_ALLOWLIST"
+        if server is None or why is not None:
+            for key in todo:
+                prefetch.pop(key, None)  # (an OperationOutcome the client sent in its place)
+            return prefetch, dict.fromkeys(todo, why or "")
         headers = {"Accept": "application/fhir+json"}
         if request.fhir_authorization is not None:
             token = request.fhir_authorization.access_token.get_secret_value()
             headers["Authorization"] = f"Bearer {token}"
         tokens = _context_tokens(request)
-        try:
-            async with asyncio.timeout(self._timeout_s), asyncio.TaskGroup() as group:
-                tasks = {
-                    key: group.create_task(
-                        self._fill(key, state, server, templates[key], prefetch.get(key), tokens, headers)
-                    )
-                    for key, state in todo.items()
-                }
-        except* PrefetchUnavailable as errors:
-            raise errors.exceptions[0] from None
-        except* TimeoutError:
-            raise PrefetchUnavailable(
-                first, f"the FHIR server did not answer within {self._timeout_s:g} s"
-            ) from None
+        tasks = {
+            key: asyncio.ensure_future(
+                self._fill(key, state, server, templates[key], prefetch.get(key), tokens, headers)
+            )
+            for key, state in todo.items()
+        }
+        _, pending = await asyncio.wait(tasks.values(), timeout=self._timeout_s)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        unavailable: dict[str, str] = {}
         for key, task in tasks.items():
-            prefetch[key] = task.result()
-        return prefetch
+            if task in pending:
+                unavailable[key] = f"the FHIR server did not answer within {self._timeout_s:g} s"
+            elif isinstance(error := task.exception(), PrefetchUnavailable):
+                unavailable[key] = error.reason
+            elif error is not None:
+                raise error  # a bug, not the server's answer
+            else:
+                prefetch[key] = task.result()
+                continue
+            prefetch.pop(key, None)
+        return prefetch, unavailable
 
     async def _fill(
         self,
@@ -182,5 +205,6 @@ class FhirClient:
         except ValidationError:
             raise PrefetchUnavailable(key, f"GET {what} did not return valid FHIR JSON") from None
         if isinstance(resource, OperationOutcome):
-            raise PrefetchUnavailable(key, f"GET {what} answered with an OperationOutcome")
+            codes = ", ".join(sorted({i.code for i in resource.issue if i.code})) or "no issue code"
+            raise PrefetchUnavailable(key, f"GET {what} answered with an OperationOutcome ({codes})")
         return resource
