@@ -121,7 +121,7 @@ class FhirClient:
             why = "not in prefetch, and the request names no fhirServer to fetch it from"
         elif not self._allowlist.permits(server):
             why = f"the FHIR server {server} is not in LUMBAR_FHIR_ALLOWLIST"
-        if server is None or why is not None:
+        if why is not None or server is None:  # (why is set whenever there is no server)
             for key in todo:
                 prefetch.pop(key, None)  # (an OperationOutcome the client sent in its place)
             return prefetch, dict.fromkeys(todo, why or "")

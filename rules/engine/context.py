@@ -52,11 +52,10 @@ class EvalContext:
     resolve_rule: RuleResolver
     resolve_indicator: IndicatorResolver
     red_flag_rules: tuple[tuple[str, str], ...] = ()  # (rule id, the highest indicator it can reach)
-    # For reassuring cards (``rules.engine.sufficiency``): the value sets the red-flag rules read, the
-    # resource types the hook's red-flag rules read, and the ids of the hook's rules.
+    # For reassuring cards (``rules.engine.sufficiency``): the value sets the red-flag rules read, and the
+    # hook's red-flag screening (``RuleSet.screening``: the resource types its red-flag rules read, how many).
     recognised: frozenset[str] = frozenset()
-    red_flag_sources: frozenset[str] = frozenset()
-    hook_rules: frozenset[str] = frozenset()
+    screening: tuple[frozenset[str], int] = (frozenset(), 0)
     notes: set[str] = field(default_factory=set)
     memo: dict[str, list[Evidence] | None] = field(default_factory=dict)
     indicators: dict[str, str | None] = field(default_factory=dict)

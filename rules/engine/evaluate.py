@@ -125,8 +125,7 @@ def prepare(ruleset: RuleSet, request: HookRequest, now: datetime) -> EvalContex
         indicator,
         ruleset.red_flag_ids,
         recognised=ruleset.recognised,
-        red_flag_sources=ruleset.red_flag_sources(request.hook),
-        hook_rules=frozenset(rule.id for rule in ruleset.rules_for(request.hook)),
+        screening=ruleset.screening(request.hook),
     )
 
 
@@ -245,7 +244,7 @@ def _card_plans(
         summary = ruleset.by_id[owner].summary_at(ctx, levels.get(owner)) or template.summary
         evidence = [e for _, found in members for e in found]
         reassurance = ruleset.by_id[owner].reassurance
-        doubts = list(verdicts[owner].undecided) if owner in verdicts else []
+        doubts = list(verdicts[owner].undecided)
         if reassurance is not None and doubts:  # not enough seen to reassure: say so, and why
             template, level, summary = (
                 reassurance.template,

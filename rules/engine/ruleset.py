@@ -123,23 +123,23 @@ class RuleSet:
         rules = [rule for rule in self.rules if rule.category == "red-flag"]
         return frozenset().union(*(rule.reads | rule.reads_medications for rule in rules))
 
-    def red_flag_sources(self, hook: str) -> frozenset[str]:
-        """The resource types the red-flag rules of ``hook`` read (always the patient and the problems)."""
-        key = ("red-flag sources", hook)
+    def screening(self, hook: str) -> tuple[frozenset[str], int]:
+        """The red-flag screening of ``hook``: the resource types its red-flag rules read (always the
+        patient and the problems) and how many red-flag rules it runs; computed once per hook."""
+        key = ("screening", hook)
         if key not in self.memo:
             kinds = {"Patient", "Condition"}
-            for rule in self.rules_for(hook):
-                if rule.category != "red-flag":
-                    continue
+            rules = [rule for rule in self.rules_for(hook) if rule.category == "red-flag"]
+            for rule in rules:
                 for name in rule.reads:
                     kinds.update(self.valuesets[name].resources)
                 if rule.reads_medications:
                     kinds.update(MEDICATION_TYPES)
                 if rule.reads_orders:
                     kinds.add("ServiceRequest")
-            self.memo[key] = frozenset(kinds)
-        sources: frozenset[str] = self.memo[key]
-        return sources
+            self.memo[key] = (frozenset(kinds), len(rules))
+        screening: tuple[frozenset[str], int] = self.memo[key]
+        return screening
 
     def unavailable_types(self, hook: str, keys: dict[str, str]) -> dict[str, str]:
         """Unavailable prefetch keys (key -> why) as the resource types they search (type -> why)."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from rules.engine.cards import CardTemplate
@@ -29,8 +30,8 @@ from rules.engine.terminology import ValueSet
 if TYPE_CHECKING:
     from rules.engine import schema
 
-UNRECOGNISED_WINDOW_DAYS = 90
-"""A Condition that is not current counts as a doubt while it was present within this many days."""
+UNRECOGNISED_WINDOW = timedelta(days=90)
+"""A Condition that is not current counts as a doubt while it was present within this long."""
 
 # Alternative representations of one kind of data: the kind is missing only when all of them are.
 MEDICATION_TYPES = ("MedicationStatement", "MedicationRequest")
@@ -95,12 +96,11 @@ def doubts(reassurance: Reassurance, ctx: EvalContext) -> list[Evidence]:
     record = ctx.record
     found: list[Evidence] = []
     if reassurance.unrecognised is not None:
-        window = ctx.now.timestamp() - UNRECOGNISED_WINDOW_DAYS * 86400
         recognised = {id(fact) for name in ctx.recognised for fact in record.members().get(name, ())}
         for fact in record.facts_in(reassurance.unrecognised):
             if fact.resource_type != "Condition" or not fact.present or id(fact) in recognised:
                 continue
-            if not (fact.current or (fact.last_seen is not None and fact.last_seen.timestamp() >= window)):
+            if not (fact.current or record.seen_within(fact, UNRECOGNISED_WINDOW)):
                 continue
             evidence = fact.evidence()
             found.append(
@@ -114,7 +114,7 @@ def doubts(reassurance: Reassurance, ctx: EvalContext) -> list[Evidence]:
             )
         found.extend(record.unnamed)
     if reassurance.requires_data:
-        for kind in missing_kinds(record.unavailable, ctx.red_flag_sources):
+        for kind in missing_kinds(record.unavailable, ctx.screening[0]):
             found.append(Evidence(f"{kind} not available", record.unavailable[kind]))
     return found
 
@@ -125,8 +125,7 @@ def checked_line(ctx: EvalContext) -> str:
     record = ctx.record
     shown = ("Patient", "Condition", "Observation", "Procedure", *MEDICATION_TYPES, "ServiceRequest")
     counts = [f"{record.received[kind]} {kind}" for kind in shown if record.received.get(kind)]
-    rules = len([rule for rule, _ in ctx.red_flag_rules if rule in ctx.hook_rules])
-    checked = f"{rules} red-flag rules over " + (", ".join(counts) if counts else "no records")
+    checked = f"{ctx.screening[1]} red-flag rules over " + (", ".join(counts) if counts else "no records")
     gaps = [f"{kind} ({why})" for kind, why in sorted(record.unavailable.items())]
     return (
         "No red flag found in the coded record received (checked: "

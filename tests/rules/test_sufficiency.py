@@ -145,7 +145,7 @@ def test_no_reassurance_when_a_red_flag_source_is_unavailable(rule_id: str, inde
     case = rule.tests[index]
     if not rule.reassurance.requires_data:
         pytest.skip(f"{rule_id} withholds only on unrecognised conditions")
-    for kind in sorted(CATALOG.red_flag_sources(case.hook) - {"MedicationRequest"}):
+    for kind in sorted(CATALOG.screening(case.hook)[0] - {"MedicationRequest"}):
         missing = {kind: "answered 404 not-supported"}
         if kind == "MedicationStatement":  # one kind of data: missing only when both lists are
             missing["MedicationRequest"] = "answered 404 not-supported"
