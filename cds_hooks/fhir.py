@@ -4,8 +4,7 @@ Only servers on the allow-list are contacted; the bearer token from ``fhirAuthor
 server for that call and kept nowhere else. Keys are fetched in parallel within one time budget; paginated
 search results are followed through ``link[next]`` up to a page limit, and a next link that leaves the
 server's base URL is refused. Redirects are not followed. ``fill_prefetch`` fills each key on its own and
-reports the keys it could not fill with the reason; ``complete_prefetch`` is the all-or-nothing form,
-raising :class:`~cds_hooks.errors.PrefetchUnavailable`.
+reports the keys it could not fill with the reason (the service decides what a call can do without them).
 """
 
 from __future__ import annotations
@@ -85,20 +84,6 @@ class FhirClient:
         self._timeout_s = timeout_s
         self._max_pages = max_pages
         self._max_bytes = max_response_bytes
-
-    async def complete_prefetch(
-        self, request: HookRequest, templates: Mapping[str, str]
-    ) -> dict[str, Resource | None]:
-        """Return the request's prefetch with every key of ``templates`` satisfied (all or nothing).
-
-        Raises:
-            PrefetchUnavailable: a key cannot be filled (the first one, in template order).
-        """
-        prefetch, unavailable = await self.fill_prefetch(request, templates)
-        for key in templates:
-            if key in unavailable:
-                raise PrefetchUnavailable(key, unavailable[key])
-        return prefetch
 
     async def fill_prefetch(
         self, request: HookRequest, templates: Mapping[str, str]

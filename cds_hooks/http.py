@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Mapping
 
 import httpx
@@ -22,7 +24,8 @@ async def get_bounded(
     try:
         async with http.stream("GET", url, headers=dict(headers), follow_redirects=False) as response:
             if response.status_code != 200:
-                raise FetchError(f"{what} answered HTTP {response.status_code}")
+                codes = _issue_codes(await _head(response, _ERROR_BODY_BYTES))
+                raise FetchError(f"{what} answered HTTP {response.status_code}{codes}")
             body = bytearray()
             async for chunk in response.aiter_bytes():
                 body += chunk
@@ -31,3 +34,38 @@ async def get_bounded(
     except httpx.HTTPError as exc:
         raise FetchError(f"{what} failed: {type(exc).__name__}") from None
     return bytes(body)
+
+
+_ERROR_BODY_BYTES = 16_384
+_ISSUE_CODE = re.compile(r"[a-z][a-z-]{0,39}")
+
+
+async def _head(response: httpx.Response, limit: int) -> bytes:
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) >= limit:
+            break
+    return bytes(body[:limit])
+
+
+def _issue_codes(body: bytes) -> str:
+    """The issue codes of an error body that is an OperationOutcome, as ``" (OperationOutcome: …)"``. Only
+    well-formed issue codes are repeated (they are shown to the caller and logged)."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return ""
+    if not isinstance(parsed, dict) or parsed.get("resourceType") != "OperationOutcome":
+        return ""
+    issues = parsed.get("issue")
+    codes = sorted(
+        {
+            issue["code"]
+            for issue in (issues if isinstance(issues, list) else [])
+            if isinstance(issue, dict)
+            and isinstance(issue.get("code"), str)
+            and _ISSUE_CODE.fullmatch(issue["code"])
+        }
+    )
+    return f" (OperationOutcome: {', '.join(codes)})" if codes else ""

@@ -44,6 +44,12 @@ class Metrics:
         self.fhir_fetches = Counter(
             "lumbar_fhir_fetch", "Hook calls that had to fetch from the FHIR server", ["outcome"], registry=r
         )
+        self.prefetch_unavailable = Counter(
+            "lumbar_prefetch_unavailable",
+            "Hook calls evaluated or refused without a resource type the EHR could not provide",
+            ["type"],
+            registry=r,
+        )
         self.fhir_latency = Histogram(
             "lumbar_fhir_fetch_seconds",
             "Time spent fetching missing prefetch data from the FHIR server",

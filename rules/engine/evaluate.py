@@ -258,6 +258,9 @@ def _card_plans(
         plan.notes = [text for check, text in template.notes if check(ctx) is not None]
         if reassurance is not None and not doubts:
             plan.notes.append(sufficiency.checked_line(ctx))
+        elif reassurance is None and ctx.record.unavailable:
+            read = frozenset().union(*(ruleset.types_read(rule.id) for rule, _ in members))
+            plan.notes.extend(sufficiency.unavailable_note(ctx.record.unavailable, read))
         plans.append(plan)
     plans.sort(key=lambda p: (-INDICATOR_ORDER[p.indicator], order[p.template.rule_id]))
     return plans

@@ -12,6 +12,7 @@ Catalogue layout (``LUMBAR_RULES_DIR``)::
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -123,21 +124,30 @@ class RuleSet:
         rules = [rule for rule in self.rules if rule.category == "red-flag"]
         return frozenset().union(*(rule.reads | rule.reads_medications for rule in rules))
 
+    def types_read(self, rule_id: str) -> frozenset[str]:
+        """The resource types a rule's facts come from (its value sets', medications', draft orders')."""
+        key = ("types", rule_id)
+        if key not in self.memo:
+            rule = self.by_id[rule_id]
+            kinds: set[str] = set()
+            for name in rule.reads:
+                kinds.update(self.valuesets[name].resources)
+            if rule.reads_medications:
+                kinds.update(MEDICATION_TYPES)
+            if rule.reads_orders:
+                kinds.add("ServiceRequest")
+            self.memo[key] = frozenset(kinds)
+        kinds_read: frozenset[str] = self.memo[key]
+        return kinds_read
+
     def screening(self, hook: str) -> tuple[frozenset[str], int]:
         """The red-flag screening of ``hook``: the resource types its red-flag rules read (always the
         patient and the problems) and how many red-flag rules it runs; computed once per hook."""
         key = ("screening", hook)
         if key not in self.memo:
-            kinds = {"Patient", "Condition"}
             rules = [rule for rule in self.rules_for(hook) if rule.category == "red-flag"]
-            for rule in rules:
-                for name in rule.reads:
-                    kinds.update(self.valuesets[name].resources)
-                if rule.reads_medications:
-                    kinds.update(MEDICATION_TYPES)
-                if rule.reads_orders:
-                    kinds.add("ServiceRequest")
-            self.memo[key] = (frozenset(kinds), len(rules))
+            kinds = frozenset({"Patient", "Condition"}).union(*(self.types_read(rule.id) for rule in rules))
+            self.memo[key] = (kinds, len(rules))
         screening: tuple[frozenset[str], int] = self.memo[key]
         return screening
 
@@ -146,9 +156,20 @@ class RuleSet:
         templates = self.prefetch.get(hook, {})
         out: dict[str, str] = {}
         for key, why in keys.items():
-            kind = templates.get(key, key).split("?", 1)[0].split("/", 1)[0]
+            kind = _template_type(templates.get(key, key))
             out[kind] = f"{out[kind]}; {why}" if kind in out else why
         return out
+
+    def patient_unreadable(self, hook: str, keys: Iterable[str]) -> bool:
+        """Whether, without the prefetch ``keys``, nothing about the patient can be read: every key of
+        ``hook`` that searches the patient or the problem list is among them."""
+        missing = set(keys)
+        basic = [
+            key
+            for key, template in self.prefetch.get(hook, {}).items()
+            if _template_type(template) in ("Patient", "Condition")
+        ]
+        return bool(basic) and all(key in missing for key in basic)
 
     @cached_property
     def modifiers(self) -> tuple[tuple[str, Modifier], ...]:
@@ -468,3 +489,8 @@ def _relevant_codes(
         if rule.reassurance is not None and rule.reassurance.unrecognised is not None:
             keys |= rule.reassurance.unrecognised.keys
     return frozenset(keys)
+
+
+def _template_type(template: str) -> str:
+    """The resource type a prefetch template reads ("Observation?patient=…", "Patient/{{…}}")."""
+    return template.split("?", 1)[0].split("/", 1)[0]

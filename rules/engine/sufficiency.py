@@ -91,6 +91,18 @@ def missing_kinds(unavailable: dict[str, str], read: frozenset[str]) -> list[str
     )
 
 
+def unavailable_note(unavailable: dict[str, str], read: frozenset[str]) -> list[str]:
+    """A card's note on the data its rules read that the EHR could not provide (empty: none missing)."""
+    missing = missing_kinds(unavailable, read)
+    if not missing:
+        return []
+    gaps = ", ".join(f"{kind} ({unavailable[kind]})" for kind in missing)
+    return [
+        f"Not available from the EHR: {gaps}. This card was decided without it: what it would have "
+        "shown may be missing here."
+    ]
+
+
 def doubts(reassurance: Reassurance, ctx: EvalContext) -> list[Evidence]:
     """What makes the data insufficient to reassure (empty: sufficient)."""
     record = ctx.record

@@ -13,8 +13,9 @@ from starlette.background import BackgroundTask
 from starlette.responses import Response
 from starlette.routing import Route
 
-from cds_hooks.errors import PrefetchUnavailable
-from cds_hooks.request import parse_hook_request
+from cds_hooks.outcome import operation_outcome
+from cds_hooks.request import HookRequest, parse_hook_request
+from cds_hooks.resources import Resource
 from cds_hooks.response import FEEDBACK
 from rules.engine.evaluate import Evaluation, evaluate
 from service import collector
@@ -91,23 +92,51 @@ async def _evaluate(
     templates = catalogue.templates(hook)
     assert state.fhir is not None  # set by the lifespan
     fetch_started = time.perf_counter()
-    try:
-        prefetch = await state.fhir.complete_prefetch(hook_request, templates)
-    except PrefetchUnavailable as exc:
-        state.metrics.fhir_fetches.labels("failed").inc()
-        state.metrics.fhir_latency.labels("failed").observe(time.perf_counter() - fetch_started)
-        log.warning("prefetch unavailable", key=exc.key, reason=exc.reason)
-        raise ProblemError(
-            412,
-            f"required data unavailable: prefetch {exc.key!r}: {exc.reason}",
-            expression=[f"prefetch.{exc.key}"],
-        ) from None
-    if prefetch is not hook_request.prefetch:
-        state.metrics.fhir_fetches.labels("ok").inc()
-        state.metrics.fhir_latency.labels("ok").observe(time.perf_counter() - fetch_started)
-        hook_request = hook_request.model_copy(update={"prefetch": prefetch})
+    prefetch, unavailable = await state.fhir.fill_prefetch(hook_request, templates)
+    if unavailable or prefetch is not hook_request.prefetch:
+        hook_request = _with_data(state, catalogue, hook_request, prefetch, unavailable, fetch_started)
     evaluation = evaluate(catalogue.ruleset, hook_request, datetime.now(UTC))
     return evaluation, orjson.dumps(evaluation.response().to_wire())
+
+
+def _with_data(
+    state: AppState,
+    catalogue: Catalogue,
+    hook_request: HookRequest,
+    prefetch: dict[str, Resource | None],
+    unavailable: dict[str, str],
+    fetch_started: float,
+) -> HookRequest:
+    """The request with its completed prefetch, or a 412 naming every key that could not be had when
+    nothing about the patient could be read. A key unavailable for one resource type is evaluated without
+    (its cards say so), logged and counted."""
+    metrics = state.metrics
+    ruleset = catalogue.ruleset
+    refused = bool(unavailable) and ruleset.patient_unreadable(hook_request.hook, unavailable)
+    outcome = "failed" if refused else "partial" if unavailable else "ok"
+    metrics.fhir_fetches.labels(outcome).inc()
+    metrics.fhir_latency.labels(outcome).observe(time.perf_counter() - fetch_started)
+    for kind in ruleset.unavailable_types(hook_request.hook, unavailable):
+        metrics.prefetch_unavailable.labels(kind).inc()
+    for key, why in unavailable.items():
+        log.warning("prefetch unavailable", key=key, reason=why, evaluated=not refused)
+    if refused:
+        raise ProblemError(
+            412,
+            "required data unavailable: nothing about the patient could be read",
+            body={
+                "resourceType": "OperationOutcome",
+                "issue": [
+                    operation_outcome(
+                        f"required data unavailable: prefetch {key!r}: {why}",
+                        code="processing",
+                        expression=[f"prefetch.{key}"],
+                    )["issue"][0]
+                    for key, why in unavailable.items()
+                ],
+            },
+        )
+    return hook_request.with_prefetch(prefetch, unavailable)
 
 
 def _record(state: AppState, evaluation: Evaluation, service_id: str, hook: str, started: float) -> None:

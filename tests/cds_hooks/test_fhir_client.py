@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any
 
 import httpx
 import pytest
 
-from cds_hooks.errors import PrefetchUnavailable
 from cds_hooks.fhir import FhirAllowlist, FhirClient
 from cds_hooks.request import parse_hook_request
 from cds_hooks.resources import Bundle, Observation, Patient
@@ -31,6 +31,12 @@ def _request(server: str | None, prefetch: dict[str, Any] | None = None, token: 
     return parse_hook_request(json.dumps(body))
 
 
+def _assert_unavailable(missing: dict[str, str], pattern: str) -> None:
+    """Some key could not be filled, each for a reason matching ``pattern``."""
+    assert missing
+    assert all(re.search(pattern, why) for why in missing.values()), missing
+
+
 def _client(
     http: httpx.AsyncClient, allow: list[str], timeout: float = 3.0, max_pages: int = 20
 ) -> FhirClient:
@@ -40,9 +46,10 @@ def _client(
 async def test_fetches_missing_keys_in_parallel_with_the_bearer_token(fhir_server: FhirTestServer) -> None:
     fhir_server.resources = builders.lbp_patient_with_retention()
     async with httpx.AsyncClient() as http:
-        prefetch = await _client(http, [fhir_server.base_url]).complete_prefetch(
+        prefetch, missing = await _client(http, [fhir_server.base_url]).fill_prefetch(
             _request(fhir_server.base_url, token="tok-123"), TEMPLATES
         )
+        assert not missing
     assert isinstance(prefetch["patient"], Patient)
     observations = prefetch["observations"]
     assert isinstance(observations, Bundle)
@@ -55,24 +62,27 @@ async def test_fetches_missing_keys_in_parallel_with_the_bearer_token(fhir_serve
 async def test_no_token_means_no_authorization_header(fhir_server: FhirTestServer) -> None:
     fhir_server.resources = builders.lbp_patient_with_retention()
     async with httpx.AsyncClient() as http:
-        await _client(http, [fhir_server.base_url]).complete_prefetch(
+        _, missing = await _client(http, [fhir_server.base_url]).fill_prefetch(
             _request(fhir_server.base_url), TEMPLATES
         )
+    assert not missing
     assert all("Authorization" not in r.headers for r in fhir_server.requests)
 
 
-async def test_complete_prefetch_needs_no_server_and_is_returned_as_is() -> None:
+async def test_a_complete_prefetch_needs_no_server_and_is_returned_as_is() -> None:
     prefetch = {"patient": builders.patient(), "observations": builders.bundle()}
     request = _request(None, prefetch)
     async with httpx.AsyncClient() as http:
-        result = await _client(http, []).complete_prefetch(request, TEMPLATES)
+        result, missing = await _client(http, []).fill_prefetch(request, TEMPLATES)
+        assert not missing
     assert result is request.prefetch
 
 
 async def test_null_means_no_data_and_is_not_fetched() -> None:
     request = _request(None, {"patient": None, "observations": None})
     async with httpx.AsyncClient() as http:
-        result = await _client(http, []).complete_prefetch(request, TEMPLATES)
+        result, missing = await _client(http, []).fill_prefetch(request, TEMPLATES)
+        assert not missing
     assert result == {"patient": None, "observations": None}
 
 
@@ -81,26 +91,27 @@ async def test_operation_outcome_in_prefetch_is_treated_as_missing(fhir_server: 
     outcome = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "timeout"}]}
     request = _request(fhir_server.base_url, {"patient": builders.patient(), "observations": outcome})
     async with httpx.AsyncClient() as http:
-        result = await _client(http, [fhir_server.base_url]).complete_prefetch(request, TEMPLATES)
+        result, missing = await _client(http, [fhir_server.base_url]).fill_prefetch(request, TEMPLATES)
+        assert not missing
     assert isinstance(result["observations"], Bundle)
     assert [r.path for r in fhir_server.requests] == ["/fhir/Observation"]
 
 
 async def test_missing_key_without_a_server_is_unavailable() -> None:
     async with httpx.AsyncClient() as http:
-        with pytest.raises(PrefetchUnavailable, match="no fhirServer"):
-            await _client(http, ["*"]).complete_prefetch(_request(None, {"patient": None}), TEMPLATES)
+        _, missing = await _client(http, ["*"]).fill_prefetch(_request(None, {"patient": None}), TEMPLATES)
+        _assert_unavailable(missing, "no fhirServer")
 
 
 async def test_a_server_off_the_allowlist_is_never_contacted(fhir_server: FhirTestServer) -> None:
     fhir_server.resources = builders.lbp_patient_with_retention()
     async with httpx.AsyncClient() as http:
-        with pytest.raises(PrefetchUnavailable, match="not in LUMBAR_FHIR_ALLOWLIST"):
-            await _client(http, ["http://127.0.0.1:1/fhir"]).complete_prefetch(
-                _request(fhir_server.base_url), TEMPLATES
-            )
-        with pytest.raises(PrefetchUnavailable, match="not in LUMBAR_FHIR_ALLOWLIST"):
-            await _client(http, []).complete_prefetch(_request(fhir_server.base_url), TEMPLATES)
+        _, missing = await _client(http, ["http://127.0.0.1:1/fhir"]).fill_prefetch(
+            _request(fhir_server.base_url), TEMPLATES
+        )
+        _assert_unavailable(missing, "not in LUMBAR_FHIR_ALLOWLIST")
+        _, missing = await _client(http, []).fill_prefetch(_request(fhir_server.base_url), TEMPLATES)
+        _assert_unavailable(missing, "not in LUMBAR_FHIR_ALLOWLIST")
     assert fhir_server.requests == []
 
 
@@ -121,9 +132,10 @@ async def test_pages_are_followed_and_merged(fhir_server: FhirTestServer) -> Non
     fhir_server.resources = [builders.patient(), *observations]
     fhir_server.page_size = 3
     async with httpx.AsyncClient() as http:
-        result = await _client(http, [fhir_server.base_url]).complete_prefetch(
+        result, missing = await _client(http, [fhir_server.base_url]).fill_prefetch(
             _request(fhir_server.base_url, {"patient": builders.patient()}), TEMPLATES
         )
+        assert not missing
     bundle = result["observations"]
     assert isinstance(bundle, Bundle)
     assert len(bundle.entry) == 7
@@ -145,7 +157,8 @@ async def test_a_paginated_prefetch_bundle_is_completed_from_the_server(fhir_ser
     }
     request = _request(fhir_server.base_url, {"patient": builders.patient(), "observations": first_page})
     async with httpx.AsyncClient() as http:
-        result = await _client(http, [fhir_server.base_url]).complete_prefetch(request, TEMPLATES)
+        result, missing = await _client(http, [fhir_server.base_url]).fill_prefetch(request, TEMPLATES)
+        assert not missing
     bundle = result["observations"]
     assert isinstance(bundle, Bundle)
     assert len(bundle.entry) == 4
@@ -158,10 +171,10 @@ async def test_page_count_is_bounded(fhir_server: FhirTestServer) -> None:
     ]
     fhir_server.page_size = 1
     async with httpx.AsyncClient() as http:
-        with pytest.raises(PrefetchUnavailable, match="more than 3 pages"):
-            await _client(http, [fhir_server.base_url], max_pages=3).complete_prefetch(
-                _request(fhir_server.base_url, {"patient": builders.patient()}), TEMPLATES
-            )
+        _, missing = await _client(http, [fhir_server.base_url], max_pages=3).fill_prefetch(
+            _request(fhir_server.base_url, {"patient": builders.patient()}), TEMPLATES
+        )
+        _assert_unavailable(missing, "more than 3 pages")
     assert len(fhir_server.requests) == 3
 
 
@@ -173,10 +186,10 @@ async def test_a_next_link_leaving_the_server_is_refused(fhir_server: FhirTestSe
     fhir_server.page_size = 2
     fhir_server.faults.next_link_base = "http://127.0.0.2:9/fhir"
     async with httpx.AsyncClient() as http:
-        with pytest.raises(PrefetchUnavailable, match="leaves the FHIR server"):
-            await _client(http, ["*"]).complete_prefetch(
-                _request(fhir_server.base_url, {"patient": builders.patient()}), TEMPLATES
-            )
+        _, missing = await _client(http, ["*"]).fill_prefetch(
+            _request(fhir_server.base_url, {"patient": builders.patient()}), TEMPLATES
+        )
+        _assert_unavailable(missing, "leaves the FHIR server")
 
 
 @pytest.mark.parametrize(
@@ -199,22 +212,37 @@ async def test_server_failures_are_unavailable(
         client = FhirClient(
             http, FhirAllowlist([fhir_server.base_url]), timeout_s=3, max_response_bytes=1_000_000
         )
-        with pytest.raises(PrefetchUnavailable, match=message):
-            await client.complete_prefetch(_request(fhir_server.base_url), TEMPLATES)
+        _, missing = await client.fill_prefetch(_request(fhir_server.base_url), TEMPLATES)
+        _assert_unavailable(missing, message)
 
 
 async def test_slow_server_hits_the_time_budget(fhir_server: FhirTestServer) -> None:
     fhir_server.faults.delay_s = 2.0
     started = time.perf_counter()
     async with httpx.AsyncClient() as http:
-        with pytest.raises(PrefetchUnavailable, match=r"within 0\.3 s"):
-            await _client(http, [fhir_server.base_url], timeout=0.3).complete_prefetch(
-                _request(fhir_server.base_url), TEMPLATES
-            )
+        _, missing = await _client(http, [fhir_server.base_url], timeout=0.3).fill_prefetch(
+            _request(fhir_server.base_url), TEMPLATES
+        )
+        _assert_unavailable(missing, r"within 0\.3 s")
     assert time.perf_counter() - started < 1.5
 
 
 async def test_unreachable_server_is_unavailable() -> None:
     async with httpx.AsyncClient() as http:
-        with pytest.raises(PrefetchUnavailable, match="failed: ConnectError"):
-            await _client(http, ["*"]).complete_prefetch(_request("http://127.0.0.1:9/fhir"), TEMPLATES)
+        _, missing = await _client(http, ["*"]).fill_prefetch(_request("http://127.0.0.1:9/fhir"), TEMPLATES)
+        _assert_unavailable(missing, "failed: ConnectError")
+
+
+async def test_one_unsupported_type_leaves_the_others(fhir_server: FhirTestServer) -> None:
+    """A server without one search (many US Core servers have no MedicationStatement) makes that key
+    unavailable, with the server's reason; the rest is fetched."""
+    fhir_server.resources = builders.lbp_patient_with_retention()
+    fhir_server.faults.unsupported = {"Observation": 400}
+    async with httpx.AsyncClient() as http:
+        prefetch, missing = await _client(http, [fhir_server.base_url]).fill_prefetch(
+            _request(fhir_server.base_url), TEMPLATES
+        )
+    assert isinstance(prefetch["patient"], Patient)
+    assert "observations" not in prefetch
+    assert list(missing) == ["observations"]
+    assert "not-supported" in missing["observations"]

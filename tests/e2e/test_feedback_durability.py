@@ -95,8 +95,8 @@ def test_every_acknowledged_feedback_survives_sigkill(database_url: str, tmp_pat
 
 def test_a_new_user_sees_their_feedback_in_the_report(database_url: str, tmp_path: Path) -> None:
     env = {"LUMBAR_DATABASE_URL": database_url}
-    red_flag = builders.patient_view_request(builders.lbp_patient_with_retention())
-    plain = [builders.patient(), builders.condition("lbp", "279039007", "2026-11-15")]
+    red_flag = builders.patient_view_request(builders.lbp_today())
+    plain = builders.as_of_today([builders.patient(), builders.condition("lbp", "279039007", "2026-11-15")])
     advice = builders.patient_view_request(plain)
     with live_service(env, log=tmp_path / "service.log") as base:
         critical = httpx.post(base + SERVICE, json=red_flag).json()["cards"][0]

@@ -67,6 +67,7 @@ def _many_observations(count: int) -> bytes:
         builders.finding("ret", "267064002", "2026-11-20"),
     ]
     resources += [builders.finding(f"o{i}", "75367002", "2026-11-01", value=True) for i in range(count)]
+    resources = builders.as_of_today(resources)
     return json.dumps(_request(prefetch=builders.prefetch_for(resources, list(KEYS)))).encode()
 
 
@@ -224,7 +225,7 @@ def test_still_healthy_and_correct_after_the_corpus(server: tuple[str, Path], fh
     base, _ = server
     assert httpx.get(base + "/healthz").status_code == 200
     assert httpx.get(base + "/readyz").json()["status"] == "ready"
-    fhir.resources = builders.lbp_patient_with_retention()
+    fhir.resources = builders.lbp_today()
     body = builders.hook_request(fhir_server=fhir.base_url)
     body["fhirAuthorization"] = builders.fhir_authorization(ACCESS_TOKEN)
     response = httpx.post(base + SERVICE, json=body, headers=_auth(base), timeout=30)

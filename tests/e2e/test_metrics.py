@@ -28,7 +28,7 @@ def _hook_calls(text: str) -> float:
 def test_metrics_add_up_every_worker(tmp_path: Path) -> None:
     log = tmp_path / "service.log"
     env = {"LUMBAR_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/db.sqlite"}
-    body = builders.patient_view_request(builders.lbp_patient_with_retention())
+    body = builders.patient_view_request(builders.lbp_today())
     with live_service(env, workers=2, log=log) as base:
         for _ in range(CALLS):  # a new connection each time, so both workers take calls
             assert httpx.post(base + SERVICE, json=body, headers={"Connection": "close"}).status_code == 200

@@ -39,7 +39,9 @@ def test_break_and_fix_a_rule_under_load(tmp_path: Path) -> None:
     with live_service(env, workers=2, log=tmp_path / "service.log") as base:
         services = httpx.get(f"{base}/cds-services").json()["services"]
         keys = next(s for s in services if s["hook"] == "patient-view")
-        resources = [builders.patient(), builders.condition("lbp", "279039007", "2026-11-15")]
+        resources = builders.as_of_today(
+            [builders.patient(), builders.condition("lbp", "279039007", "2026-11-15")]
+        )
         body = builders.hook_request(prefetch=builders.prefetch_for(resources, list(keys["prefetch"])))
         url = f"{base}/cds-services/lumbar-patient-view"
         statuses: Counter[int] = Counter()

@@ -35,7 +35,7 @@ def test_patient_view_with_prefetch(live: str) -> None:
     """The sandbox shape: prefetch filled from discovery's templates, fhirServer present but not needed."""
     keys = list(_discover(live)["patient-view"]["prefetch"])
     body = builders.hook_request(
-        prefetch=builders.prefetch_for(builders.lbp_patient_with_retention(), keys),
+        prefetch=builders.prefetch_for(builders.lbp_today(), keys),
         fhir_server="https://not-allowed.example/fhir",
     )
     response = _call(live, body)
@@ -44,7 +44,7 @@ def test_patient_view_with_prefetch(live: str) -> None:
 
 
 def test_patient_view_with_only_a_fhir_server(live: str, fhir: FhirTestServer) -> None:
-    fhir.resources = builders.lbp_patient_with_retention()
+    fhir.resources = builders.lbp_today()
     response = _call(live, builders.hook_request(fhir_server=fhir.base_url))
     assert response.status_code == 200, response.text
     assert _topics(response) == [("critical", "rf-ces-sphincter-disturbance")]
@@ -60,7 +60,7 @@ def test_patient_view_with_neither_is_412(live: str) -> None:
 def test_sandbox_omits_keys_it_could_not_fill_and_the_service_fetches_them(
     live: str, fhir: FhirTestServer
 ) -> None:
-    fhir.resources = builders.lbp_patient_with_retention()
+    fhir.resources = builders.lbp_today()
     body = builders.sandbox_patient_view()
     body["fhirServer"] = fhir.base_url
     for key in [k for k in body["prefetch"] if k.startswith("observations")]:  # the search and its parts
@@ -69,6 +69,84 @@ def test_sandbox_omits_keys_it_could_not_fill_and_the_service_fetches_them(
     assert response.status_code == 200
     assert _topics(response) == [("critical", "rf-ces-sphincter-disturbance")]
     assert {r.path for r in fhir.requests} == {"/fhir/Observation"}
+
+
+def test_a_server_without_medication_searches_still_gives_the_red_flag_cards(
+    live: str, fhir: FhirTestServer
+) -> None:
+    """Many US Core servers have no MedicationStatement search: that data is "not available", not a failed
+    call. The red-flag cards come; a card whose rules read medications says what it was decided without."""
+    fhir.resources = builders.lbp_today() + builders.as_of_today(
+        [
+            builders.condition(
+                "hiv", "86406008", "2020-01-10", display="Human immunodeficiency virus infection"
+            )
+        ]
+    )
+    fhir.faults.unsupported = {"MedicationStatement": 400, "MedicationRequest": 404}
+    response = _call(live, builders.hook_request(fhir_server=fhir.base_url))
+    assert response.status_code == 200, response.text
+    cards = {c["source"]["topic"]["code"]: c for c in response.json()["cards"]}
+    assert cards["rf-ces-sphincter-disturbance"]["indicator"] == "critical"
+    assert "Not available from the EHR" not in cards["rf-ces-sphincter-disturbance"]["detail"]
+    note = cards["rf-immunosuppression"]["detail"]
+    assert "Not available from the EHR: MedicationRequest (GET MedicationRequest answered HTTP 404" in note
+    assert (
+        "MedicationStatement (GET MedicationStatement answered HTTP 400 (OperationOutcome: not-supported))"
+        in note
+    )
+    metrics = httpx.get(f"{live}/metrics").text
+    assert 'lumbar_prefetch_unavailable_total{type="MedicationStatement"}' in metrics
+
+
+def test_one_representation_of_medications_is_enough(live: str, fhir: FhirTestServer) -> None:
+    """MedicationRequest answers where MedicationStatement is not supported: nothing is missing."""
+    fhir.resources = builders.lbp_today() + builders.as_of_today(
+        [
+            builders.condition(
+                "hiv", "86406008", "2020-01-10", display="Human immunodeficiency virus infection"
+            )
+        ]
+    )
+    fhir.faults.unsupported = {"MedicationStatement": 400}
+    response = _call(live, builders.hook_request(fhir_server=fhir.base_url))
+    assert response.status_code == 200, response.text
+    assert all("Not available from the EHR" not in c["detail"] for c in response.json()["cards"])
+
+
+def test_without_medications_plain_back_pain_is_not_reassured(live: str, fhir: FhirTestServer) -> None:
+    """The red-flag rules read medications (steroids, immunosuppressants): without them the no-imaging advice
+    cannot be given, and the card says why."""
+    fhir.resources = builders.as_of_today(
+        [builders.patient(), builders.condition("lbp", "279039007", "2026-11-15", display="Low back pain")]
+    )
+    fhir.faults.unsupported = {"MedicationStatement": 400, "MedicationRequest": 400}
+    response = _call(live, builders.hook_request(fhir_server=fhir.base_url))
+    assert response.status_code == 200, response.text
+    cards = {c["source"]["topic"]["code"]: c for c in response.json()["cards"]}
+    advice = cards["test-no-imaging-acute-uncomplicated"]
+    assert "could not be decided" in advice["summary"], advice["summary"]
+    assert "MedicationStatement not available" in advice["detail"]
+
+
+def test_412_names_every_missing_key(live: str) -> None:
+    """Nothing about the patient can be read: 412, one issue per key, each with its reason."""
+    keys = set(_discover(live)["patient-view"]["prefetch"])
+    response = _call(live, builders.hook_request())
+    assert response.status_code == 412
+    issues = response.json()["issue"]
+    assert {issue["expression"][0] for issue in issues} == {f"prefetch.{key}" for key in keys}
+    assert all("no fhirServer" in issue["diagnostics"] for issue in issues)
+
+
+def test_without_the_patient_and_the_problems_the_call_is_412(live: str, fhir: FhirTestServer) -> None:
+    fhir.resources = builders.lbp_today()
+    fhir.faults.unsupported = {"Patient": 404, "Condition": 400}
+    response = _call(live, builders.hook_request(fhir_server=fhir.base_url))
+    assert response.status_code == 412
+    missing = {issue["expression"][0] for issue in response.json()["issue"]}
+    assert {"prefetch.patient", "prefetch.conditions"} <= missing
+    assert not any("Observation" in issue["diagnostics"] for issue in response.json()["issue"])
 
 
 def test_a_slow_fhir_server_gives_412_within_the_budget(live: str, fhir: FhirTestServer) -> None:
@@ -86,9 +164,9 @@ def test_a_failing_fhir_server_gives_412(live: str, fhir: FhirTestServer) -> Non
 
 
 def test_paginated_results_are_followed(live: str, fhir: FhirTestServer) -> None:
-    fhir.resources = builders.lbp_patient_with_retention() + [
-        builders.finding(f"extra-{i}", "279039007", "2026-11-19") for i in range(9)
-    ]
+    fhir.resources = builders.lbp_today() + builders.as_of_today(
+        [builders.finding(f"extra-{i}", "279039007", "2026-11-19") for i in range(9)]
+    )
     fhir.page_size = 2
     response = _call(live, builders.hook_request(fhir_server=fhir.base_url))
     assert _topics(response) == [("critical", "rf-ces-sphincter-disturbance")]
@@ -100,13 +178,13 @@ def test_paginated_results_are_followed(live: str, fhir: FhirTestServer) -> None
 @pytest.mark.parametrize(
     ("resources", "expected"),
     [
-        (builders.lbp_patient_with_retention(), [("critical", "rf-ces-sphincter-disturbance")]),
+        (builders.lbp_today(), [("critical", "rf-ces-sphincter-disturbance")]),
         (
-            builders.lbp_patient_with_retention(retention_status="entered-in-error"),
+            builders.lbp_today(retention_status="entered-in-error"),
             [NO_IMAGING, SELF_MANAGEMENT, STARTBACK],
         ),
         (
-            builders.lbp_patient_with_retention(retention_when="2020-11-20T08:30:00Z"),
+            builders.lbp_today(retention_when="2020-11-20T08:30:00Z"),
             [NO_IMAGING, SELF_MANAGEMENT, STARTBACK],
         ),
     ],
@@ -171,7 +249,7 @@ def test_feedback_over_http(live: str) -> None:
 
 def test_logs_are_json_with_the_hook_instance(live: str, service_log: Path) -> None:
     keys = list(_discover(live)["patient-view"]["prefetch"])
-    body = builders.hook_request(prefetch=builders.prefetch_for(builders.lbp_patient_with_retention(), keys))
+    body = builders.hook_request(prefetch=builders.prefetch_for(builders.lbp_today(), keys))
     _call(live, body)
     lines = [json.loads(line) for line in service_log.read_text().splitlines() if line.startswith("{")]
     calls = [

@@ -58,7 +58,7 @@ async def test_sandbox_patient_view_with_prefetch(settings_factory: Any) -> None
 async def test_only_fhir_server_is_fetched_when_allowed(
     settings_factory: Any, fhir_server: FhirTestServer
 ) -> None:
-    fhir_server.resources = builders.lbp_patient_with_retention()
+    fhir_server.resources = builders.lbp_today()
     app = create_app(settings_factory(fhir_allowlist=[fhir_server.base_url]))
     request = builders.hook_request(fhir_server=fhir_server.base_url)
     async with running(app) as client:

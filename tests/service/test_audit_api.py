@@ -29,13 +29,14 @@ OVERRIDE = {
 
 def _retention() -> dict[str, Any]:
     """Low back pain with retention of urine: the critical cauda equina card."""
-    resources = builders.lbp_patient_with_retention()
+    resources = builders.lbp_today()
     return builders.patient_view_request(resources)
 
 
 def _plain_back_pain() -> dict[str, Any]:
     """Acute low back pain and nothing else: self-management, no imaging, STarT Back screening."""
     resources = [builders.patient(), builders.condition("lbp", "279039007", "2026-11-15")]
+    resources = builders.as_of_today(resources)
     return builders.patient_view_request(resources)
 
 

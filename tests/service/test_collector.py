@@ -79,9 +79,9 @@ async def test_interleaved_pauses_leave_the_collector_on() -> None:
 async def test_the_collector_is_on_after_every_kind_of_hook_call(
     settings_factory: Any, fhir_server: FhirTestServer, outcome: str
 ) -> None:
-    fhir_server.resources = builders.lbp_patient_with_retention()
+    fhir_server.resources = builders.lbp_today()
     bodies = {
-        "200": json.dumps(builders.patient_view_request(builders.lbp_patient_with_retention())).encode(),
+        "200": json.dumps(builders.patient_view_request(builders.lbp_today())).encode(),
         "400": b'{"hook": "patient-view"}',
         "412": json.dumps(builders.hook_request()).encode(),
         "fetched": json.dumps(builders.hook_request(fhir_server=fhir_server.base_url)).encode(),
@@ -120,7 +120,7 @@ async def test_memory_is_trimmed_after_a_large_hook_call_only(
     calls: list[float] = []
     monkeypatch.setattr(collector, "TRIM_AFTER_BYTES", threshold)
     monkeypatch.setattr(collector, "trim", lambda: calls.append(1.0))
-    body = json.dumps(builders.patient_view_request(builders.lbp_patient_with_retention())).encode()
+    body = json.dumps(builders.patient_view_request(builders.lbp_today())).encode()
     assert 1_000 < len(body) < 10_000_000
     async with running(create_app(settings_factory())) as client:
         response = await client.post(SERVICE, content=body)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import uuid
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +12,29 @@ SNOMED = "http://snomed.info/sct"
 LOINC = "http://loinc.org"
 CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
 VERIFICATION = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
-NOW = "2026-11-21T10:00:00Z"
+NOW = "2026-11-21T10:00:00Z"  # when the recordings under tests/fixtures were made (feedback timestamps)
+RECORDED = date(2026, 11, 21)
+_DATED = re.compile(r"^\d{4}-\d{2}-\d{2}")
+_DATE_KEYS = {"effectiveDateTime", "onsetDateTime", "recordedDate", "issued", "authoredOn", "start", "end"}
+
+
+def as_of_today(value: Any) -> Any:
+    """Records dated as of ``RECORDED`` with their clinical dates moved by whole days to today. A running
+    service evaluates at the wall clock, so what is sent to it must be dated from today for the rules' time
+    windows to hold whatever day the tests run (birth dates stay: ages move by the tests' lifetime only)."""
+    shift = datetime.now(UTC).date() - RECORDED
+    if isinstance(value, list):
+        return [as_of_today(item) for item in value]
+    if not isinstance(value, dict):
+        return value
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        if key in _DATE_KEYS and isinstance(item, str) and _DATED.match(item):
+            day = date.fromisoformat(item[:10]) + shift
+            out[key] = day.isoformat() + item[10:]
+        else:
+            out[key] = as_of_today(item)
+    return out
 
 
 def patient(pid: str = "pat-45", birth_date: str = "1981-03-02", gender: str = "male") -> dict[str, Any]:
@@ -101,12 +125,19 @@ def bundle(*resources: dict[str, Any]) -> dict[str, Any]:
 def lbp_patient_with_retention(
     *, retention_when: str = "2026-11-20T08:30:00Z", retention_status: str = "final"
 ) -> list[dict[str, Any]]:
-    """The issue's scenario: 45 years old, low back pain since 6 days, urinary retention."""
+    """The issue's scenario: 45 years old, low back pain since 6 days, urinary retention (dated as of
+    ``RECORDED``: wrap in ``as_of_today`` for a running service)."""
     return [
         patient(),
         condition("lbp-1", "279039007", "2026-11-15", display="Low back pain"),
         finding("ret-1", "267064002", retention_when, status=retention_status, display="Retention of urine"),
     ]
+
+
+def lbp_today(**kwargs: Any) -> list[dict[str, Any]]:
+    """``lbp_patient_with_retention`` dated from today, for a running service."""
+    records: list[dict[str, Any]] = as_of_today(lbp_patient_with_retention(**kwargs))
+    return records
 
 
 def hook_request(
@@ -146,8 +177,10 @@ def sandbox_patient_view() -> dict[str, Any]:
     that finds nothing is an empty Bundle (rule edits add and split keys; the recording stays as sent)."""
     import json
 
-    body: dict[str, Any] = json.loads(
-        (Path(__file__).resolve().parents[1] / "fixtures" / "sandbox-patient-view.json").read_text()
+    body: dict[str, Any] = as_of_today(
+        json.loads(
+            (Path(__file__).resolve().parents[1] / "fixtures" / "sandbox-patient-view.json").read_text()
+        )
     )
     for key in PATIENT_VIEW_KEYS:
         body["prefetch"].setdefault(key, bundle())

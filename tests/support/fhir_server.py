@@ -25,6 +25,9 @@ class Faults:
     next_link_base: str | None = None  # put next-page links under this base instead
     garbage: bool = False  # answer 200 with invalid JSON
     huge_bytes: int = 0  # answer 200 with a body this large
+    # resource type -> status: that type is not supported (an OperationOutcome coded not-supported), as
+    # many US Core servers answer a MedicationStatement search
+    unsupported: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -122,6 +125,10 @@ class FhirTestServer:
             return
         path = parts.path.removeprefix("/fhir").strip("/")
         segments = path.split("/")
+        if segments[0] in faults.unsupported:
+            status = faults.unsupported[segments[0]]
+            self._send(handler, status, _outcome(f"{segments[0]} is not supported", "not-supported"))
+            return
         if len(segments) == 2:
             found = next(
                 (
@@ -165,10 +172,10 @@ class FhirTestServer:
         return bundle
 
 
-def _outcome(text: str) -> dict[str, Any]:
+def _outcome(text: str, code: str = "processing") -> dict[str, Any]:
     return {
         "resourceType": "OperationOutcome",
-        "issue": [{"severity": "error", "code": "processing", "diagnostics": text}],
+        "issue": [{"severity": "error", "code": code, "diagnostics": text}],
     }
 
 
