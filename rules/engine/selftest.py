@@ -9,6 +9,7 @@ reported as a failure too, so a fixed gap is noticed.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
@@ -20,7 +21,7 @@ from cds_hooks.request import HookRequest, parse_hook_request
 from cds_hooks.response import Action, Card
 from rules.engine.cards import card_rules
 from rules.engine.context import parse_duration
-from rules.engine.evaluate import Evaluation, evaluate
+from rules.engine.evaluate import Evaluation, Verdict, evaluate
 from rules.engine.pama import RATING_EXTENSION
 from rules.engine.ruleset import CompiledRule, RuleSet
 from rules.engine.schema import RecordSpec, TestCase
@@ -310,74 +311,149 @@ def _suggested(card: Card) -> dict[str, str]:
     return out
 
 
+@dataclass(frozen=True)
+class Observed:
+    """What one case produced, as the expectation checkers see it."""
+
+    evaluation: Evaluation
+    verdict: Verdict
+    card: Card | None  # the card that carries the rule's evidence
+    terminology: Terminology
+
+    @property
+    def fired(self) -> bool:
+        return self.verdict.status == "fired"
+
+    def no_card(self) -> list[str]:
+        """Why a card-level expectation cannot be met (the rule has no card in the response)."""
+        if self.fired:
+            return ["the rule fired but no card carries its evidence"]
+        return ["cannot check the card: the rule did not fire"]
+
+
+def _check_fired(want: bool, got: Observed) -> list[str]:
+    if got.fired == want:
+        return []
+    why: str = got.verdict.status
+    if got.verdict.suppressed_by:
+        why += f" by {', '.join(got.verdict.suppressed_by)}"
+    if got.verdict.error:
+        why += f" ({got.verdict.error})"
+    return [f"expected fired: {str(want).lower()}, got: {why}"]
+
+
+def _check_indicator(want: str, got: Observed) -> list[str]:
+    if got.card is None:
+        return got.no_card()
+    return [] if got.card.indicator == want else [f"expected indicator: {want}, got: {got.card.indicator}"]
+
+
+def _check_suggestions(want: list[str], got: Observed) -> list[str]:
+    if got.card is None:
+        return got.no_card()
+    suggested = _suggested(got.card)
+    failures = []
+    for item in want:
+        ref, _, priority = item.partition(" ")
+        system, code = got.terminology.split(ref)
+        found = suggested.get(f"{system}|{code}")
+        if found is None:
+            failures.append(f"expected suggestion {ref}, got: {sorted(suggested) or 'none'}")
+        elif priority and found != priority:
+            failures.append(f"expected suggestion {ref} at {priority}, got: {found}")
+    return failures
+
+
+def _check_absent_suggestions(want: list[str], got: Observed) -> list[str]:
+    everywhere = {key for card in got.evaluation.cards for key in _suggested(card)}
+    failures = []
+    for ref in want:
+        system, code = got.terminology.split(ref)
+        if f"{system}|{code}" in everywhere:
+            failures.append(f"expected no suggestion of {ref} on any card, but it is suggested")
+    return failures
+
+
+def _check_suppressed_by(want: str, got: Observed) -> list[str]:
+    if want in got.verdict.suppressed_by:
+        return []
+    by = f" by {', '.join(got.verdict.suppressed_by)}" if got.verdict.suppressed_by else ""
+    return [f"expected suppressed_by: {want}, got: {got.verdict.status}{by}"]
+
+
+def _check_rating(want: str, got: Observed) -> list[str]:
+    ratings = sorted({r for action in got.evaluation.system_actions for r in _ratings_of(action)})
+    if ratings == ([] if want == "none" else [want]):
+        return []
+    return [f"expected rating: {want}, got: {', '.join(ratings) or 'none'}"]
+
+
+def _check_removes_draft(want: bool, got: Observed) -> list[str]:
+    deletes = any(
+        action.type == "delete"
+        for card in got.evaluation.cards
+        for suggestion in card.suggestions
+        for action in suggestion.actions
+    )
+    if deletes == want:
+        return []
+    return [f"expected removes_draft: {str(want).lower()}, got: {str(deletes).lower()}"]
+
+
+def _check_summary_contains(want: str, got: Observed) -> list[str]:
+    if got.card is None:
+        return got.no_card()
+    if want in got.card.summary:
+        return []
+    return [f"expected summary containing {want!r}, got: {got.card.summary!r}"]
+
+
+def _check_detail_contains(want: list[str], got: Observed) -> list[str]:
+    if got.card is None:
+        return got.no_card()
+    return [f"expected detail containing {text!r}" for text in want if text not in (got.card.detail or "")]
+
+
+def _check_cards(want: int, got: Observed) -> list[str]:
+    cards = got.evaluation.cards
+    if len(cards) == want:
+        return []
+    topics = ", ".join(c.source.topic.code if c.source.topic else "?" for c in cards)
+    return [f"expected {want} card(s) in the response, got: {len(cards)} ({topics})"]
+
+
+Checker = Callable[[Any, Observed], list[str]]
+
+EXPECTATION_CHECKS: dict[str, Checker] = {
+    "fired": _check_fired,
+    "indicator": _check_indicator,
+    "suggestions": _check_suggestions,
+    "absent_suggestions": _check_absent_suggestions,
+    "suppressed_by": _check_suppressed_by,
+    "rating": _check_rating,
+    "removes_draft": _check_removes_draft,
+    "summary_contains": _check_summary_contains,
+    "detail_contains": _check_detail_contains,
+    "cards": _check_cards,
+}
+"""Each field of :class:`~rules.engine.schema.Expectation` and its checker: one entry per field (a test
+holds the two together), so nothing a case may expect goes unchecked."""
+
+
 def check_expectations(
     case: TestCase, rule_id: str, evaluation: Evaluation, terminology: Terminology
 ) -> list[str]:
-    """Every way ``evaluation`` differs from the case's expectation, as readable lines."""
-    expect = case.expect
-    verdict = evaluation.verdicts[rule_id]
+    """Every way ``evaluation`` differs from the case's expectation, as readable lines. A field left out
+    (``None`` or an empty list) is not checked; every other is, by its entry in ``EXPECTATION_CHECKS``."""
+    observed = Observed(evaluation, evaluation.verdicts[rule_id], _card_for(evaluation, rule_id), terminology)
     failures: list[str] = []
-    fired = verdict.status == "fired"
-    if fired != expect.fired:
-        why: str = verdict.status
-        if verdict.suppressed_by:
-            why += f" by {', '.join(verdict.suppressed_by)}"
-        if verdict.error:
-            why += f" ({verdict.error})"
-        failures.append(f"expected fired: {str(expect.fired).lower()}, got: {why}")
-    card = _card_for(evaluation, rule_id)
-    if expect.suppressed_by and expect.suppressed_by not in verdict.suppressed_by:
-        failures.append(
-            f"expected suppressed_by: {expect.suppressed_by}, got: {verdict.status}"
-            + (f" by {', '.join(verdict.suppressed_by)}" if verdict.suppressed_by else "")
-        )
-    if card is None:
-        if expect.indicator or expect.suggestions or expect.summary_contains or expect.detail_contains:
-            if fired:
-                failures.append("the rule fired but no card carries its evidence")
-            elif expect.fired:
-                failures.append("cannot check the card: the rule did not fire")
-    else:
-        if expect.indicator and card.indicator != expect.indicator:
-            failures.append(f"expected indicator: {expect.indicator}, got: {card.indicator}")
-        suggested = _suggested(card)
-        for item in expect.suggestions:
-            ref, _, priority = item.partition(" ")
-            system, code = terminology.split(ref)
-            got = suggested.get(f"{system}|{code}")
-            if got is None:
-                failures.append(f"expected suggestion {ref}, got: {sorted(suggested) or 'none'}")
-            elif priority and got != priority:
-                failures.append(f"expected suggestion {ref} at {priority}, got: {got}")
-        if expect.summary_contains and expect.summary_contains not in card.summary:
-            failures.append(f"expected summary containing {expect.summary_contains!r}, got: {card.summary!r}")
-        for text in expect.detail_contains:
-            if text not in (card.detail or ""):
-                failures.append(f"expected detail containing {text!r}")
-    everywhere = {key for c in evaluation.cards for key in _suggested(c)}
-    for ref in expect.absent_suggestions:
-        system, code = terminology.split(ref)
-        if f"{system}|{code}" in everywhere:
-            failures.append(f"expected no suggestion of {ref} on any card, but it is suggested")
-    ratings = sorted({rating for action in evaluation.system_actions for rating in _ratings_of(action)})
-    if expect.rating is not None and ratings != ([] if expect.rating == "none" else [expect.rating]):
-        failures.append(f"expected rating: {expect.rating}, got: {', '.join(ratings) or 'none'}")
-    if expect.removes_draft is not None:
-        deletes = any(
-            action.type == "delete"
-            for c in evaluation.cards
-            for sug in c.suggestions
-            for action in sug.actions
-        )
-        if deletes != expect.removes_draft:
-            failures.append(
-                f"expected removes_draft: {str(expect.removes_draft).lower()}, got: {str(deletes).lower()}"
-            )
-    if expect.cards is not None and len(evaluation.cards) != expect.cards:
-        failures.append(
-            f"expected {expect.cards} card(s) in the response, got: {len(evaluation.cards)} "
-            f"({', '.join(c.source.topic.code if c.source.topic else '?' for c in evaluation.cards)})"
-        )
+    for name, check in EXPECTATION_CHECKS.items():
+        want = getattr(case.expect, name)
+        if want is None or want == []:
+            continue
+        for line in check(want, observed):
+            if line not in failures:  # (several card-level fields share one "no card" line)
+                failures.append(line)
     return failures
 
 

@@ -45,7 +45,13 @@ def test_metrics_add_up_every_worker(tmp_path: Path) -> None:
     assert "lumbar_rules_reload_failing 0.0" in scrapes[0]
 
 
-def test_a_wrong_count_would_be_caught() -> None:
-    text = 'lumbar_hook_calls_total{hook="patient-view",service="lumbar-patient-view",status="200"} 20.0\n'
-    assert _hook_calls(text) == 20.0  # the parser reads the count ...
-    assert _hook_calls(text) != float(CALLS)  # ... so a wrong one differs
+def test_the_count_read_is_this_service_answered_200() -> None:
+    """What the main test compares: one worker's share, other statuses and other services are not added in
+    (a parser that summed the lines would read 50 here, or the whole count from the wrong series)."""
+    text = (
+        'lumbar_hook_calls_total{hook="patient-view",service="lumbar-patient-view",status="200"} 20.0\n'
+        'lumbar_hook_calls_total{hook="patient-view",service="lumbar-patient-view",status="412"} 20.0\n'
+        'lumbar_hook_calls_total{hook="order-sign",service="lumbar-order-sign",status="200"} 10.0\n'
+    )
+    assert _hook_calls(text) == 20.0
+    assert _hook_calls("") == 0.0

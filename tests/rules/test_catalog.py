@@ -6,7 +6,8 @@ import pytest
 
 from rules import BUNDLED_CATALOG
 from rules.engine.ruleset import RuleSet, load_ruleset
-from rules.engine.selftest import check_expectations, run_case
+from rules.engine.schema import Expectation
+from rules.engine.selftest import EXPECTATION_CHECKS, check_expectations, run_case
 
 _CATALOG = load_ruleset(BUNDLED_CATALOG)
 CASES = [(rule.id, index) for rule in _CATALOG.rules for index in range(len(rule.tests))]
@@ -41,26 +42,6 @@ def test_a_wrong_expectation_fails(ruleset: RuleSet) -> None:
             )
 
 
-def test_wrong_details_fail_too(ruleset: RuleSet) -> None:
-    rule = ruleset.by_id["rf-ces-sphincter-disturbance"]
-    result = run_case(ruleset, rule, 0)
-    assert result.evaluation is not None and result.ok
-    base = rule.tests[0].expect
-    wrong = [
-        {"indicator": "warning"},
-        {"suggestions": ["loinc:30679-5 routine"]},
-        {"suggestions": ["loinc:24970-6"]},
-        {"absent_suggestions": ["loinc:30679-5"]},
-        {"cards": 3},
-        {"summary_contains": "osteoporosis"},
-        {"detail_contains": ["Observation/does-not-exist"]},
-        {"suppressed_by": "adv-self-management-nonspecific"},
-    ]
-    for change in wrong:
-        case = rule.tests[0].model_copy(update={"expect": base.model_copy(update=change)})
-        assert check_expectations(case, rule.id, result.evaluation, ruleset.terminology), change
-
-
 def test_xfail_cases_must_fail(ruleset: RuleSet) -> None:
     rule = ruleset.by_id["rf-ces-sphincter-disturbance"]
     passing = rule.tests[0].model_copy(update={"xfail": "pretend gap"})
@@ -71,23 +52,51 @@ def test_xfail_cases_must_fail(ruleset: RuleSet) -> None:
     assert "unexpectedly passed" in result.report()
 
 
-@pytest.mark.parametrize(
-    ("rule_id", "index", "change"),
-    [
-        ("test-imaging-order-not-indicated", 0, {"rating": "appropriate"}),
-        ("test-imaging-order-not-indicated", 0, {"rating": "none"}),
-        ("test-imaging-order-not-indicated", 0, {"removes_draft": False}),
-        ("test-imaging-order-not-indicated", 4, {"rating": "no-criteria-apply"}),  # a non-imaging draft
-        ("rf-known-spinal-infection", 1, {"removes_draft": True}),
-        ("rf-known-spinal-infection", 1, {"rating": "not-appropriate"}),
+CES = ("rf-ces-sphincter-disturbance", 0)  # fires critical: a referral and an MRI, one card
+ORDER = (
+    "test-imaging-order-not-indicated",
+    0,
+)  # rates a lumbar MRI draft not-appropriate, offers its removal
+# For each field an embedded case may expect: cases that pass, and wrong values for that field alone.
+WRONG: dict[str, list[tuple[tuple[str, int], object]]] = {
+    "fired": [(CES, False), (("rf-ces-sphincter-disturbance", 1), True)],
+    "indicator": [(CES, "warning"), (CES, "info")],
+    "suggestions": [(CES, ["loinc:30679-5 routine"]), (CES, ["loinc:24970-6"])],
+    "absent_suggestions": [(CES, ["loinc:30679-5"])],
+    "suppressed_by": [(CES, "adv-self-management-nonspecific")],
+    "rating": [
+        (ORDER, "appropriate"),
+        (ORDER, "none"),
+        (("test-imaging-order-not-indicated", 4), "no-criteria-apply"),  # a non-imaging draft
+        (("rf-known-spinal-infection", 1), "not-appropriate"),
     ],
+    "removes_draft": [(ORDER, False), (("rf-known-spinal-infection", 1), True)],
+    "summary_contains": [(CES, "osteoporosis")],
+    "detail_contains": [(CES, ["Observation/does-not-exist"])],
+    "cards": [(CES, 3), (CES, 0)],
+}
+
+
+def test_every_expectation_field_has_a_checker_and_wrong_values() -> None:
+    fields = set(Expectation.model_fields)
+    assert set(EXPECTATION_CHECKS) == fields
+    assert set(WRONG) == fields
+
+
+@pytest.mark.parametrize(
+    ("field", "where", "value"),
+    [(name, where, value) for name, cases in WRONG.items() for where, value in cases],
+    ids=[f"{name}={value}" for name, cases in WRONG.items() for _, value in cases],
 )
-def test_wrong_ratings_and_deletions_fail(
-    ruleset: RuleSet, rule_id: str, index: int, change: dict[str, object]
+def test_a_wrong_value_of_each_field_fails(
+    ruleset: RuleSet, field: str, where: tuple[str, int], value: object
 ) -> None:
-    """``rating`` and ``removes_draft`` are checked: a wrong one is reported (issue 15, 16)."""
+    """The case passes as written; with this one field wrong, ``lumbar test`` reports it."""
+    rule_id, index = where
     rule = ruleset.by_id[rule_id]
     result = run_case(ruleset, rule, index)
-    assert result.evaluation is not None and result.ok
-    case = rule.tests[index].model_copy(update={"expect": rule.tests[index].expect.model_copy(update=change)})
-    assert check_expectations(case, rule.id, result.evaluation, ruleset.terminology), change
+    assert result.evaluation is not None and result.ok, result.report()
+    case = rule.tests[index]
+    wrong = case.model_copy(update={"expect": case.expect.model_copy(update={field: value})})
+    failures = check_expectations(wrong, rule.id, result.evaluation, ruleset.terminology)
+    assert failures, (field, value)

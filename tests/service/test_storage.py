@@ -266,11 +266,14 @@ async def test_the_report_counts_per_rule(db: Database) -> None:
     assert {r.rule_id: r.fired for r in window.rules if r.fired} == {"test-xray": 1}
 
 
-async def test_a_wrong_expectation_about_the_report_fails(db: Database) -> None:
+async def test_the_report_counts_each_call_once(db: Database) -> None:
+    """Exact counts, one call and then two: a report that counted a call twice (or not at all) fails."""
     await db.write_audit([call(("c1", "rf-cauda-equina"), fired=["rf-cauda-equina"])])
-    report = await build_report(db)
-    with pytest.raises(AssertionError):
-        assert report.rules[0].fired == 2
+    first = await build_report(db)
+    await db.write_audit([call(("c2", "rf-cauda-equina"), fired=["rf-cauda-equina"])])
+    second = await build_report(db)
+    assert [(r.rule_id, r.fired, r.cards) for r in first.rules] == [("rf-cauda-equina", 1, 1)]
+    assert [(r.rule_id, r.fired, r.cards) for r in second.rules] == [("rf-cauda-equina", 2, 2)]
 
 
 def test_report_bounds() -> None:
