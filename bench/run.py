@@ -66,8 +66,6 @@ def _env(work: Path, database: Path) -> dict[str, str]:
         "LUMBAR_DATABASE_URL": f"sqlite+aiosqlite:///{database}",
         "LUMBAR_LOG_LEVEL": "warning",
         "LUMBAR_RULES_WATCH": "false",
-        # parsed rule files: empty at the first start of the run, warm afterwards, whatever ~/.cache holds
-        "LUMBAR_CACHE_DIR": str(work / "cache"),
     }
 
 
@@ -179,7 +177,7 @@ def inprocess(bodies: dict[str, bytes], plan: Plan, work: Path) -> tuple[dict[st
         stderr=subprocess.STDOUT,
         text=True,
         cwd=ROOT,
-        env=_env(work, work / "check.db") | {"LUMBAR_CACHE_DIR": str(work / "check-cache")},
+        env=_env(work, work / "check.db"),
     )
     try:
         started = time.perf_counter()

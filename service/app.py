@@ -13,12 +13,10 @@ from starlette.middleware.cors import CORSMiddleware
 
 from cds_hooks.fhir import FhirAllowlist, FhirClient
 from cds_hooks.jwt import JwksCache
-from rules.engine.ruleset import load_ruleset
-from rules.engine.source import use_disk_cache
 from service import __version__, collector
 from service.audit import AuditWriter, PatientPseudonym
 from service.auth import load_clients
-from service.catalogue import build_catalogue
+from service.catalogue import build_catalogue, load_tested
 from service.errors import install_error_handlers
 from service.logging import configure_logging
 from service.metrics import Metrics
@@ -44,12 +42,15 @@ def create_app(
 
     Raises:
         RuleSetError: the rule catalogue is invalid, so the service refuses to start.
+        RuleTestsFailed: its own embedded tests fail (unless ``LUMBAR_ALLOW_FAILING_TESTS``).
     """
     settings = settings or Settings()
     configure_logging(settings.log_level)
-    use_disk_cache(settings.cache_dir)
     fingerprint = catalogue_fingerprint(settings.rules_dir)  # before loading: a change during it is seen
-    catalogue = build_catalogue(load_ruleset(settings.rules_dir))
+    ruleset, failures = load_tested(settings.rules_dir, allow_failing_tests=settings.allow_failing_tests)
+    for failure in failures:  # only with LUMBAR_ALLOW_FAILING_TESTS: said loudly, once per worker
+        log.error("serving rules whose own tests fail (LUMBAR_ALLOW_FAILING_TESTS)", failure=failure)
+    catalogue = build_catalogue(ruleset)
     state = AppState(
         settings,
         catalogue,

@@ -26,10 +26,9 @@ import structlog
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from ruamel.yaml import YAML
-from ruamel.yaml.error import YAMLError
 
 from cds_hooks.jwt import AuthenticationError, JwksCache, TrustedClient, verify_client_jwt
+from rules.engine.source import read_yaml
 
 log = structlog.get_logger("lumbar.auth")
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -71,15 +70,16 @@ def load_clients(path: Path) -> dict[str, TrustedClient]:
     Raises:
         ClientsFileError: unreadable, malformed, a key set that does not import, or a client with no keys.
     """
+    document, problems = read_yaml(path, str(path))
+    if document is None:
+        raise ClientsFileError(problems[0].render())
     try:
-        data = YAML(typ="safe").load(path.read_text(encoding="utf-8"))
-        parsed = _ClientsFile.model_validate(data)
-    except (OSError, YAMLError) as exc:
-        raise ClientsFileError(f"{path}: {exc}") from None
+        parsed = _ClientsFile.model_validate(document.data)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise ClientsFileError(f"{path}: {where}: {first['msg']}") from None
+        line, column = document.position(tuple(first["loc"]))
+        raise ClientsFileError(f"{path}:{line}:{column}: {where}: {first['msg']}") from None
     clients: dict[str, TrustedClient] = {}
     for entry in parsed.clients:
         keys = None

@@ -8,11 +8,13 @@ request never sees half of an old rule set and half of a new one.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import orjson
 
 from cds_hooks.response import CdsService, Discovery
-from rules.engine.ruleset import RuleSet
+from rules.engine.ruleset import RuleSet, load_ruleset
+from rules.engine.selftest import failing_cases
 
 
 @dataclass(frozen=True)
@@ -87,3 +89,25 @@ def build_catalogue(ruleset: RuleSet) -> Catalogue:
         )
     discovery = orjson.dumps(Discovery(services=tuple(services)).to_wire())
     return Catalogue(ruleset, {s.id: s.hook for s in services}, discovery)
+
+
+class RuleTestsFailed(Exception):
+    """The catalogue is valid but some of its own embedded tests fail: it must not answer hook calls."""
+
+    def __init__(self, failures: tuple[str, ...]) -> None:
+        super().__init__(f"{len(failures)} embedded test case(s) fail")
+        self.failures = failures
+
+
+def load_tested(directory: Path, *, allow_failing_tests: bool = False) -> tuple[RuleSet, tuple[str, ...]]:
+    """Load the catalogue at ``directory`` and run its embedded tests: the rule set and the failing cases.
+
+    Raises:
+        RuleSetError: the catalogue is invalid.
+        RuleTestsFailed: some of its tests fail, unless ``allow_failing_tests``.
+    """
+    ruleset = load_ruleset(directory)
+    failures = failing_cases(ruleset)
+    if failures and not allow_failing_tests:
+        raise RuleTestsFailed(failures)
+    return ruleset, failures

@@ -29,7 +29,7 @@ from rules.engine.explain import render as render_trace
 from rules.engine.icd10cm import check_icd
 from rules.engine.ruleset import RuleSet, load_ruleset
 from rules.engine.selftest import run_tests
-from rules.engine.source import use_disk_cache
+from service.catalogue import RuleTestsFailed, load_tested
 from service.settings import Settings
 
 
@@ -40,7 +40,6 @@ def _settings() -> Settings:
         for error in exc.errors(include_url=False):
             print(f"error: LUMBAR_{str(error['loc'][0]).upper()}: {error['msg']}", file=sys.stderr)
         raise SystemExit(2) from None
-    use_disk_cache(settings.cache_dir)
     return settings
 
 
@@ -212,12 +211,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from service.storage.database import Database
 
     settings = _settings()
+    allow = settings.allow_failing_tests or args.allow_failing_tests
     try:
-        _load(settings.rules_dir)
+        _, failures = load_tested(settings.rules_dir, allow_failing_tests=allow)
     except RuleSetError as exc:
         print(render_all(exc.diagnostics), file=sys.stderr)
         print("refusing to start: the rule catalogue is invalid", file=sys.stderr)
         return 1
+    except RuleTestsFailed as exc:
+        print("\n".join(exc.failures), file=sys.stderr)
+        print(
+            "refusing to start: the rule catalogue's own tests fail (`lumbar test` shows them; "
+            "--allow-failing-tests serves it anyway)",
+            file=sys.stderr,
+        )
+        return 1
+    if failures:
+        print("\n".join(failures), file=sys.stderr)
+        print(
+            f"WARNING: serving a rule catalogue whose own tests fail ({len(failures)} case(s)), as "
+            "--allow-failing-tests / LUMBAR_ALLOW_FAILING_TESTS asks; a reload never goes live with one",
+            file=sys.stderr,
+        )
+        os.environ["LUMBAR_ALLOW_FAILING_TESTS"] = "true"  # the workers load the same catalogue
 
     async def migrate() -> None:
         database = Database(settings.database_url)
@@ -323,6 +339,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument(
+        "--allow-failing-tests",
+        action="store_true",
+        help="start even if the catalogue's embedded tests fail (logged loudly; reloads still refuse)",
+    )
     serve.set_defaults(func=cmd_serve)
     check = sub.add_parser("check", help="validate rule files and value sets")
     check.add_argument("paths", nargs="*", metavar="PATH")

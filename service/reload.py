@@ -1,10 +1,11 @@
 """Hot reload of the rule catalogue while the service keeps answering.
 
 Each worker watches ``LUMBAR_RULES_DIR`` itself (the directory, not its files: container config maps swap a
-symlink). On a change the whole catalogue is loaded and validated in a thread; a valid one replaces the
-current ``Catalogue`` in a single assignment, so a request sees the old rule set or the
-new one, never a mix. An invalid one leaves the last good rule set serving; every error is logged as
-``path:line:col: error: ...`` and shown on ``/readyz`` and in the metrics.
+symlink). On a change the whole catalogue is loaded, validated and its embedded tests run, in a thread; a
+valid one whose tests pass replaces the current ``Catalogue`` in a single assignment, so a request sees the
+old rule set or the new one, never a mix. Otherwise the last good rule set keeps serving; every error is
+logged as ``path:line:col: error: ...``, every failing test as ``path:line: FAIL rule :: name: why``, and
+both are shown on ``/readyz`` and in the metrics (``lumbar_rules_reload_failing``).
 
 File-system events can be lost (a change made before the watcher started, a full inotify queue, network
 file systems), so every worker also compares a cheap fingerprint of the directory (names, sizes,
@@ -23,9 +24,8 @@ import structlog
 from watchfiles import awatch
 
 from rules.engine.diagnostics import RuleSetError
-from rules.engine.ruleset import load_ruleset
 from service import collector
-from service.catalogue import build_catalogue
+from service.catalogue import RuleTestsFailed, build_catalogue, load_tested
 from service.state import AppState
 
 log = structlog.get_logger("lumbar.reload")
@@ -56,9 +56,12 @@ async def _reload(state: AppState, directory: Path) -> bool:
     status.fingerprint = await asyncio.to_thread(catalogue_fingerprint, directory)
     status.at = datetime.now(UTC).isoformat(timespec="seconds")
     try:
-        ruleset = await asyncio.to_thread(load_ruleset, directory)
+        ruleset, _ = await asyncio.to_thread(load_tested, directory)  # never allows failing tests
     except RuleSetError as exc:
         _rejected(state, [d.render() for d in exc.diagnostics], "rule reload rejected")
+        return False
+    except RuleTestsFailed as exc:
+        _rejected(state, list(exc.failures), "rule reload rejected: its own tests fail")
         return False
     except OSError as exc:  # the directory vanished mid-swap; the next event retries
         _rejected(state, [f"{directory}: {exc}"], "rule reload failed")

@@ -35,7 +35,6 @@ def settings_factory(tmp_path: Path) -> Any:
         values: dict[str, Any] = {
             "auth": "off",
             "database_url": f"sqlite+aiosqlite:///{tmp_path}/lumbar.db",
-            "cache_dir": None,  # in-process tests parse for real; tests/rules/test_source_cache.py covers it
         }
         values.update(overrides)
         return Settings(**values)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.metadata
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -25,7 +24,6 @@ from pydantic import ValidationError
 from cds_hooks.response import Action, Card, Coding, Link, Source, Suggestion
 from rules.engine.context import INDICATOR_ORDER, Check
 from rules.engine.facts import Evidence, OrderFact
-from rules.engine.source import known_good, remember_good
 from rules.engine.terminology import CodeKey, Terminology, ValueSet
 
 RULE_SYSTEM = "urn:lumbar-cds:rule"
@@ -82,9 +80,8 @@ def build_service_request(code: CodeKey, display: str, priority: str) -> dict[st
         "reasonCode": [{"coding": [_coding(code, display)], "text": display}],
         "reasonReference": [{"reference": "Observation/example"}],
     }
-    key = hashlib.sha256(orjson.dumps(exemplar, option=orjson.OPT_SORT_KEYS) + _fhir_version()).hexdigest()
-    if key in _VALID or known_good(key):
-        _VALID.add(key)
+    key = orjson.dumps(exemplar, option=orjson.OPT_SORT_KEYS)  # validated once per process
+    if key in _VALID:
         return resource
     from fhir.resources.R4B.servicerequest import ServiceRequest as FhirServiceRequest
 
@@ -95,16 +92,10 @@ def build_service_request(code: CodeKey, display: str, priority: str) -> dict[st
             f"the ServiceRequest for {code[1]} is not valid FHIR: {exc.errors()[0]['msg']}"
         ) from None
     _VALID.add(key)
-    remember_good(key)
     return resource
 
 
-_VALID: set[str] = set()
-
-
-@functools.cache
-def _fhir_version() -> bytes:
-    return importlib.metadata.version("fhir.resources").encode()
+_VALID: set[bytes] = set()
 
 
 @dataclass(frozen=True)

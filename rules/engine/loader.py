@@ -84,7 +84,7 @@ class Loader:
             self.by_name[path.relative_to(self.directory).as_posix()] = digest
         except ValueError:
             self.by_name[path.name] = digest
-        document, problems = read_yaml(path, display, content, digest)
+        document, problems = read_yaml(path, display, content)
         self.diagnostics.extend(problems)
         return document
 

@@ -61,6 +61,11 @@ class CaseResult:
         """Passed, or failed as its ``xfail`` says it should."""
         return bool(self.failures) if self.xfail else not self.failures
 
+    def one_line(self) -> str:
+        """The case on one line, ``path:line: FAIL rule :: name: why`` (the log, /readyz)."""
+        why = "; ".join(self.failures) or f"unexpectedly passed (xfail: {self.xfail})"
+        return f"{self.path}:{self.line}: FAIL {self.rule_id} :: {self.name}: {why}"
+
     def report(self) -> str:
         head = f"{self.path}:{self.line}: {self.rule_id} :: {self.name}"
         if self.xfail and not self.failures:
@@ -490,6 +495,17 @@ def run_tests(ruleset: RuleSet, rule_ids: set[str] | None = None) -> list[CaseRe
         if rule_ids is None or rule.id in rule_ids
         for index in range(len(rule.tests))
     ]
+
+
+_FAILING: dict[str, tuple[str, ...]] = {}
+
+
+def failing_cases(ruleset: RuleSet) -> tuple[str, ...]:
+    """The embedded cases that fail, one line each (``CaseResult.one_line``); empty when all pass. Run
+    once per rule-set version in a process (the version is a hash of every file's content)."""
+    if ruleset.version not in _FAILING:
+        _FAILING[ruleset.version] = tuple(result.one_line() for result in run_tests(ruleset) if not result.ok)
+    return _FAILING[ruleset.version]
 
 
 def _ratings_of(action: Action) -> list[str]:

@@ -6,7 +6,10 @@ the new rule answers on every worker within 2 seconds.
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -97,3 +100,35 @@ def test_break_and_fix_a_rule_under_load(tmp_path: Path) -> None:
         assert set(statuses) == {200}, statuses
         assert sum(statuses.values()) > 50
         assert answered_in < 2.0, f"the new rule answered on every worker after {answered_in:.2f} s"
+
+
+def test_serve_refuses_a_catalogue_whose_tests_fail(tmp_path: Path) -> None:
+    """`lumbar serve` on a catalogue whose own tests fail exits at once, naming the failing case; the flag
+    serves it anyway, and says so."""
+    catalog = tmp_path / "catalog"
+    shutil.copytree(BUNDLED_CATALOG, catalog)
+    fever = catalog / "rf-fever-spinal-infection.yaml"
+    fever.write_text(fever.read_text().replace("gte: 38.0, within: 7d", "gte: 37.8, within: 7d", 1))
+    env = {
+        **os.environ,
+        "LUMBAR_AUTH": "off",
+        "LUMBAR_RULES_DIR": str(catalog),
+        "LUMBAR_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/db.sqlite",
+    }
+    started = time.monotonic()
+    refused = subprocess.run(
+        [sys.executable, "-m", "service", "serve", "--port", "9"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert refused.returncode == 1
+    assert time.monotonic() - started < 20
+    assert "rf-fever-spinal-infection.yaml:122: FAIL rf-fever-spinal-infection :: 37.9" in refused.stderr
+    assert "refusing to start: the rule catalogue's own tests fail" in refused.stderr
+    log = tmp_path / "service.log"
+    with live_service({**env, "LUMBAR_ALLOW_FAILING_TESTS": "true"}, log=log) as base:
+        assert httpx.get(f"{base}/readyz").status_code == 200
+    assert "WARNING: serving a rule catalogue whose own tests fail" in log.read_text()

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from ruamel.yaml import YAML
 
 from rules import BUNDLED_CATALOG
 from rules.engine.jsonschema import SCHEMA_DIR, generate
+from rules.engine.source import read_yaml
 
 
 def test_committed_schemas_are_current() -> None:
@@ -20,11 +20,9 @@ def test_committed_schemas_are_current() -> None:
 
 
 def _load(path: Path) -> object:
-    yaml = YAML(typ="safe")
-    yaml.constructor.yaml_constructors["tag:yaml.org,2002:timestamp"] = yaml.constructor.yaml_constructors[
-        "tag:yaml.org,2002:str"
-    ]
-    return yaml.load(path.read_text(encoding="utf-8"))
+    document, problems = read_yaml(path, str(path))
+    assert document is not None, problems
+    return document.data
 
 
 FILES = sorted(BUNDLED_CATALOG.glob("*.yaml")) + sorted((BUNDLED_CATALOG / "valuesets").glob("*.yaml"))

@@ -11,6 +11,7 @@ import pytest
 
 from service import reload as reload_module
 from service.app import create_app
+from service.catalogue import RuleTestsFailed
 from service.reload import reload_rules
 from tests.conftest import running
 from tests.support.files import edit
@@ -59,6 +60,43 @@ async def test_an_invalid_change_keeps_the_last_good_rules(settings_factory: Any
     assert any(f"{ADVICE}:5:12: error: indicator: 'loud' is not one of" in e for e in reload["errors"])
     assert "lumbar_rules_reload_failing 1.0" in metrics
     assert 'lumbar_rules_reloads_total{outcome="error"} 1.0' in metrics
+
+
+async def test_a_change_that_breaks_the_rules_own_tests_never_goes_live(
+    settings_factory: Any, catalog: Path
+) -> None:
+    """The issue's edit: a fever threshold of 37.8 °C is valid YAML and a valid rule, but its own test
+    "37.9 °C is not a fever" fails, so the last good rules keep answering."""
+    app = create_app(settings_factory(rules_dir=catalog, rules_watch=False))
+    state = app.state.lumbar
+    async with running(app) as client:
+        before = state.catalogue
+        edit(catalog / "rf-fever-spinal-infection.yaml", "gte: 38.0, within: 7d", "gte: 37.8, within: 7d")
+        assert not await reload_rules(state, catalog)
+        assert state.catalogue is before
+        ready = (await client.get("/readyz")).json()
+        metrics = (await client.get("/metrics")).text
+        edit(catalog / "rf-fever-spinal-infection.yaml", "gte: 37.8, within: 7d", "gte: 38.0, within: 7d")
+        assert await reload_rules(state, catalog)  # fixed: the same version as before, and healthy again
+        after = (await client.get("/readyz")).json()["rules"]["reload"]
+    assert ready["status"] == "ready"
+    errors = ready["rules"]["reload"]["errors"]
+    assert any(
+        "rf-fever-spinal-infection.yaml:122: FAIL" in e
+        and ": FAIL rf-fever-spinal-infection :: 37.9 °C is not a fever: expected fired: false" in e
+        for e in errors
+    ), errors
+    assert "lumbar_rules_reload_failing 1.0" in metrics
+    assert after["status"] == "ok"
+
+
+async def test_a_catalogue_whose_tests_fail_does_not_start(settings_factory: Any, catalog: Path) -> None:
+    edit(catalog / "rf-fever-spinal-infection.yaml", "gte: 38.0, within: 7d", "gte: 37.8, within: 7d")
+    with pytest.raises(RuleTestsFailed) as failed:
+        create_app(settings_factory(rules_dir=catalog, rules_watch=False))
+    assert any("37.9 °C is not a fever" in line for line in failed.value.failures)
+    app = create_app(settings_factory(rules_dir=catalog, rules_watch=False, allow_failing_tests=True))
+    assert app.state.lumbar.catalogue.ruleset.by_id["rf-fever-spinal-infection"]
 
 
 async def test_the_watcher_reloads_within_two_seconds(settings_factory: Any, catalog: Path) -> None:
