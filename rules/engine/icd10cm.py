@@ -8,6 +8,7 @@ the official one for every span written in the catalogue.
 
 from __future__ import annotations
 
+import bisect
 import warnings
 from collections.abc import Iterable
 from functools import cache
@@ -31,6 +32,23 @@ def _codes() -> tuple[str, ...]:
     """Every category and subcategory of the release, compact (no dot), in the official order."""
     release = _release()
     return tuple(code for code in release.get_all_codes(False) if release.is_category_or_subcategory(code))
+
+
+@cache
+def _lexical() -> tuple[str, ...]:
+    """The same codes sorted as strings, for the prefix order of :func:`icd_in`."""
+    return tuple(sorted(_codes()))
+
+
+def _by_prefix(span: IcdSpan) -> set[str]:
+    """The codes of the release that :func:`icd_in` puts in ``span``: a slice of the sorted codes, since
+    every code whose first ``len(first)`` characters lie between the ends sorts between ``first`` and
+    ``last`` followed by anything."""
+    first, last = span
+    codes = _lexical()
+    start = bisect.bisect_left(codes, first)
+    end = bisect.bisect_right(codes, last + "\uffff")
+    return {code for code in codes[start:end] if icd_in(code, span)}
 
 
 def _known(code: str) -> bool:
@@ -61,7 +79,7 @@ def check_icd(refs: Iterable[tuple[str, Diagnostic]]) -> list[Diagnostic]:
     """A diagnostic for every code or span not in the release, or whose prefix order takes in other
     codes than the official order (``D37-D49`` would also take in ``D3A``)."""
     problems: list[Diagnostic] = []
-    codes = _codes()
+    order = {code: index for index, code in enumerate(_codes())}
     for entry, where in refs:
         first, last = span = icd_span(entry)
         missing = [end for end in dict.fromkeys((first, last)) if not _known(end)]
@@ -72,9 +90,9 @@ def check_icd(refs: Iterable[tuple[str, Diagnostic]]) -> list[Diagnostic]:
         if first == last:
             continue
         official = official_members(span)
-        by_prefix = {code for code in codes if icd_in(code, span)}
-        extra = sorted(by_prefix - official, key=codes.index)
-        lost = sorted(official - by_prefix, key=codes.index)
+        by_prefix = _by_prefix(span)
+        extra = sorted(by_prefix - official, key=order.__getitem__)
+        lost = sorted(official - by_prefix, key=order.__getitem__)
         if extra or lost:
             named = ", ".join(icd_dotted(c) for c in (extra or lost)[:5])
             what = "also takes in" if extra else "misses"
