@@ -381,11 +381,15 @@ class Loader:
         return Modifier(spec.reason, spec.note.strip(), replace)
 
     def check_test_codes(
-        self, case: schema.TestCase, document: SourceDocument, where: DataPath, terminology: Terminology
+        self,
+        case: schema.TestCase | schema.TestDefaults,
+        document: SourceDocument,
+        where: DataPath,
+        terminology: Terminology,
     ) -> None:
         """Test records may use any code (to prove a wrong one stays silent) but only known systems."""
         for group in ("records", "draft_orders"):
-            for index, record in enumerate(getattr(case, group)):
+            for index, record in enumerate(getattr(case, group, ())):
                 kind = record.kind()
                 refs = [kind[1]] if kind else []
                 refs += list(record.body_site) + list(record.interpretation)

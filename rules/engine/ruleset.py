@@ -249,8 +249,22 @@ def _compile_rule(
                     f"this red-flag rule can reach {reach}, so red_flags at {minimum} would depend on itself",
                     None,
                 )
+    defaults = parsed.test_defaults or schema.TestDefaults()
+    loader.check_test_codes(defaults, doc, ("test_defaults",), terminology)
+    tests = []
     for index, case in enumerate(parsed.tests):
         loader.check_test_codes(case, doc, ("tests", index), terminology)
+        if case.now is None and defaults.now is None:
+            report(("tests", index), "a test case needs 'now' (or the file's test_defaults: now)", None)
+        tests.append(
+            case.model_copy(
+                update={
+                    "now": case.now or defaults.now,
+                    "patient": case.patient or defaults.patient,
+                    "records": [*defaults.records, *case.records],
+                }
+            )
+        )
     if {case.expect.fired for case in parsed.tests} != {True, False}:
         report(("tests",), "a rule needs at least one test that fires and one that stays silent", None)
     suppresses = tuple(
@@ -266,7 +280,7 @@ def _compile_rule(
         card,
         parsed.consolidate_into,
         suppresses,
-        tuple(parsed.tests),
+        tuple(tests),
         doc.path,
         doc,
         frozenset(env.reads),

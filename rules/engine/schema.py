@@ -467,9 +467,21 @@ class Expectation(Strict):
     cards: int | None = Field(default=None, ge=0)  # cards in the whole response
 
 
+TestNow = Annotated[str, StringConstraints(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T.*$")]
+
+
+class TestDefaults(Strict):
+    """What every test case of the file starts from: a case's own ``now`` or ``patient`` replaces these,
+    and its ``records`` come after these ``records`` (a shared background, e.g. the back-pain episode)."""
+
+    now: TestNow | None = None
+    patient: PatientSpec | None = None
+    records: list[RecordSpec] = Field(default_factory=list)
+
+
 class TestCase(Strict):
     name: Annotated[str, StringConstraints(min_length=3, max_length=120)]
-    now: Annotated[str, StringConstraints(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T.*$")]
+    now: TestNow | None = None  # required here or in the file's test_defaults
     hook: Hook = "patient-view"
     patient: PatientSpec | None = None
     records: list[RecordSpec] = Field(default_factory=list)
@@ -495,6 +507,7 @@ class RuleFile(Strict):
     pama_rating: Name | None = None  # rate the hook's draft orders from this value set (Argonaut PAMA)
     reassures: Reassurance | None = None  # only on sufficient data (see ``Reassurance``)
     references: References
+    test_defaults: TestDefaults | None = None
     tests: list[TestCase] = Field(min_length=2)
 
     @model_validator(mode="after")

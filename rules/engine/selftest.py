@@ -77,7 +77,7 @@ class _Builder:
     def __init__(self, case: TestCase, terminology: Terminology) -> None:
         self.case = case
         self.terminology = terminology
-        self.now = parse_fhir_datetime(case.now).start
+        self.now = case_now(case)
         self.patient_id = case.patient.id if case.patient else "test-patient"
         self.counter = 0
 
@@ -462,6 +462,13 @@ def check_expectations(
     return failures
 
 
+def case_now(case: TestCase) -> datetime:
+    """The case's pinned evaluation time (its own or the file's ``test_defaults``, set by the loader)."""
+    if case.now is None:
+        raise ValueError(f"test case {case.name!r} has no 'now'")
+    return parse_fhir_datetime(case.now).start
+
+
 def case_request(case: TestCase, rule_id: str, ruleset: RuleSet) -> tuple[HookRequest, datetime]:
     """An embedded case as the engine sees it: the parsed hook request and the case's ``now``."""
     request = parse_hook_request(orjson.dumps(build_request(case, rule_id, ruleset)))
@@ -469,7 +476,7 @@ def case_request(case: TestCase, rule_id: str, ruleset: RuleSet) -> tuple[HookRe
         request = request.with_prefetch(
             request.prefetch, {str(k): why for k, why in case.unavailable.items()}
         )
-    return request, parse_fhir_datetime(case.now).start
+    return request, case_now(case)
 
 
 def run_case(ruleset: RuleSet, rule: CompiledRule, index: int) -> CaseResult:

@@ -219,3 +219,49 @@ def test_priority_at_raises_an_order_only_at_its_level(catalog: Path) -> None:
         "urgent",
         "asap",
     ]
+
+
+def test_a_test_case_needs_a_now_of_its_own_or_from_the_file(catalog: Path) -> None:
+    path = catalog / "rf-ces-sphincter-disturbance.yaml"
+    edit(path, "test_defaults:\n  now: 2026-11-21T10:00:00Z", "test_defaults:\n  records: []")
+    errors = _errors(catalog)
+    line = _line_of(path, "- name: a cauda equina syndrome diagnosed three weeks ago")
+    wanted = f"rf-ces-sphincter-disturbance.yaml:{line}:5: error: a test case needs 'now' (or the file's"
+    assert any(wanted in e for e in errors), errors
+
+
+def test_test_defaults_give_now_patient_and_a_background_record(catalog: Path) -> None:
+    """The file's defaults: the case's own now and patient win; its records follow the shared ones."""
+    path = catalog / "rf-ces-sphincter-disturbance.yaml"
+    edit(
+        path,
+        "test_defaults:\n  now: 2026-11-21T10:00:00Z",
+        "test_defaults:\n  now: 2026-11-21T10:00:00Z\n  patient: {age: 70}\n"
+        "  records:\n    - {Condition: snomed:279039007, date: -6d}",
+    )
+    edit(path, "    records:\n      - {Condition: snomed:279039007, date: -5w}\n", "    records:\n")
+    edit(
+        path,
+        "    expect: {fired: true, indicator: critical}",
+        "    now: 2026-12-01T10:00:00Z\n    expect: {fired: true}",
+    )
+    rule = load_ruleset(catalog).by_id["rf-ces-sphincter-disturbance"]
+    first, second = rule.tests[0], rule.tests[1]
+    assert first.now == "2026-12-01T10:00:00Z" and second.now == "2026-11-21T10:00:00Z"
+    assert first.patient is not None and first.patient.age == 70
+    assert first.records[0].kind() == ("Condition", "snomed:279039007")
+    assert len(first.records) == 2  # the background, then the case's own diagnosis
+    case_patient = next(case for case in rule.tests if case.name.startswith("new urinary retention"))
+    assert case_patient.patient is not None and case_patient.patient.age == 45
+
+
+def test_a_bad_code_system_in_test_defaults_is_located(catalog: Path) -> None:
+    path = catalog / "rf-ces-sphincter-disturbance.yaml"
+    edit(
+        path,
+        "test_defaults:\n  now: 2026-11-21T10:00:00Z",
+        "test_defaults:\n  now: 2026-11-21T10:00:00Z\n  records:\n    - {Condition: snowmed:279039007}",
+    )
+    line = _line_of(path, "snowmed:279039007")
+    errors = _errors(catalog)
+    assert any(f"rf-ces-sphincter-disturbance.yaml:{line}:7: error: unknown code system" in e for e in errors)
