@@ -10,6 +10,7 @@ reports the keys it could not fill with the reason (the service decides what a c
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -184,12 +185,29 @@ class FhirClient:
         try:
             body = await get_bounded(self._http, url, headers, self._max_bytes, f"GET {what}")
         except FetchError as exc:
-            raise PrefetchUnavailable(key, str(exc)) from None
+            codes = _issue_codes(exc.body)
+            why = f"{exc} (OperationOutcome: {codes})" if codes else str(exc)
+            raise PrefetchUnavailable(key, why) from None
         try:
             resource = RESOURCE.validate_json(body)
         except ValidationError:
             raise PrefetchUnavailable(key, f"GET {what} did not return valid FHIR JSON") from None
         if isinstance(resource, OperationOutcome):
-            codes = ", ".join(sorted({i.code for i in resource.issue if i.code})) or "no issue code"
+            codes = _issue_codes(body) or "no issue code"
             raise PrefetchUnavailable(key, f"GET {what} answered with an OperationOutcome ({codes})")
         return resource
+
+
+_ISSUE_CODE = re.compile(r"[a-z][a-z-]{0,39}")  # an IssueType code; anything else is not repeated
+
+
+def _issue_codes(body: bytes) -> str:
+    """The issue codes of a body that is an OperationOutcome ("not-supported, processing"), else "".
+    They are shown to the caller and logged, so only well-formed codes are repeated."""
+    try:
+        resource = RESOURCE.validate_json(body)
+    except ValidationError:
+        return ""
+    if not isinstance(resource, OperationOutcome):
+        return ""
+    return ", ".join(sorted({i.code for i in resource.issue if i.code and _ISSUE_CODE.fullmatch(i.code)}))

@@ -13,13 +13,21 @@ _HOOK_TAGS = frozenset({"patient-view", "encounter-start", "order-select", "orde
 _SKIP = UNION_TAGS | _HOOK_TAGS | {"function-after", "constrained-str"}
 
 
-def operation_outcome(
+def outcome_issue(
     diagnostics: str, *, code: str = "invalid", severity: str = "error", expression: list[str] | None = None
 ) -> dict[str, Any]:
-    """A one-issue OperationOutcome (``code`` from the FHIR IssueType value set)."""
+    """One issue of an OperationOutcome (``code`` from the FHIR IssueType value set)."""
     issue: dict[str, Any] = {"severity": severity, "code": code, "diagnostics": diagnostics}
     if expression:
         issue["expression"] = expression
+    return issue
+
+
+def operation_outcome(
+    diagnostics: str, *, code: str = "invalid", severity: str = "error", expression: list[str] | None = None
+) -> dict[str, Any]:
+    """A one-issue OperationOutcome."""
+    issue = outcome_issue(diagnostics, code=code, severity=severity, expression=expression)
     return {"resourceType": "OperationOutcome", "issue": [issue]}
 
 
@@ -54,12 +62,6 @@ def outcome_from_validation(error: ValidationError, *, limit: int = 20) -> dict[
                 if item["type"] == "union_tag_not_found"
                 else f"{ctx.get('tag')!r} is not one of {expected}"
             )
-        issues.append(
-            {
-                "severity": "error",
-                "code": "invalid" if item["type"] != "missing" else "required",
-                "diagnostics": f"{path}: {message}",
-                "expression": [path],
-            }
-        )
+        code = "invalid" if item["type"] != "missing" else "required"
+        issues.append(outcome_issue(f"{path}: {message}", code=code, expression=[path]))
     return {"resourceType": "OperationOutcome", "issue": issues}

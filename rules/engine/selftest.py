@@ -511,6 +511,8 @@ def failing_cases(ruleset: RuleSet) -> tuple[str, ...]:
     """The embedded cases that fail, one line each (``CaseResult.one_line``); empty when all pass. Run
     once per rule-set version in a process (the version is a hash of every file's content)."""
     if ruleset.version not in _FAILING:
+        if len(_FAILING) >= 16:  # a long-lived process sees many versions: keep the recent ones
+            del _FAILING[next(iter(_FAILING))]
         _FAILING[ruleset.version] = tuple(result.one_line() for result in run_tests(ruleset) if not result.ok)
     return _FAILING[ruleset.version]
 

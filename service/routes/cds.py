@@ -13,7 +13,7 @@ from starlette.background import BackgroundTask
 from starlette.responses import Response
 from starlette.routing import Route
 
-from cds_hooks.outcome import operation_outcome
+from cds_hooks.outcome import outcome_issue
 from cds_hooks.request import HookRequest, parse_hook_request
 from cds_hooks.resources import Resource
 from cds_hooks.response import FEEDBACK
@@ -127,11 +127,11 @@ def _with_data(
             body={
                 "resourceType": "OperationOutcome",
                 "issue": [
-                    operation_outcome(
+                    outcome_issue(
                         f"required data unavailable: prefetch {key!r}: {why}",
                         code="processing",
                         expression=[f"prefetch.{key}"],
-                    )["issue"][0]
+                    )
                     for key, why in unavailable.items()
                 ],
             },
