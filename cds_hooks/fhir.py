@@ -193,7 +193,7 @@ class FhirClient:
         except ValidationError:
             raise PrefetchUnavailable(key, f"GET {what} did not return valid FHIR JSON") from None
         if isinstance(resource, OperationOutcome):
-            codes = _issue_codes(body) or "no issue code"
+            codes = _codes(resource) or "no issue code"
             raise PrefetchUnavailable(key, f"GET {what} answered with an OperationOutcome ({codes})")
         return resource
 
@@ -208,6 +208,8 @@ def _issue_codes(body: bytes) -> str:
         resource = RESOURCE.validate_json(body)
     except ValidationError:
         return ""
-    if not isinstance(resource, OperationOutcome):
-        return ""
-    return ", ".join(sorted({i.code for i in resource.issue if i.code and _ISSUE_CODE.fullmatch(i.code)}))
+    return _codes(resource) if isinstance(resource, OperationOutcome) else ""
+
+
+def _codes(outcome: OperationOutcome) -> str:
+    return ", ".join(sorted({i.code for i in outcome.issue if i.code and _ISSUE_CODE.fullmatch(i.code)}))

@@ -50,4 +50,4 @@ async def get_bounded(
                 raise FetchError(f"{what} answered more than {max_bytes} bytes")
     except httpx.HTTPError as exc:
         raise FetchError(f"{what} failed: {type(exc).__name__}") from None
-    return bytes(body)
+    return body

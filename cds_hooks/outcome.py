@@ -27,8 +27,12 @@ def operation_outcome(
     diagnostics: str, *, code: str = "invalid", severity: str = "error", expression: list[str] | None = None
 ) -> dict[str, Any]:
     """A one-issue OperationOutcome."""
-    issue = outcome_issue(diagnostics, code=code, severity=severity, expression=expression)
-    return {"resourceType": "OperationOutcome", "issue": [issue]}
+    return outcome_of([outcome_issue(diagnostics, code=code, severity=severity, expression=expression)])
+
+
+def outcome_of(issues: list[dict[str, Any]]) -> dict[str, Any]:
+    """An OperationOutcome with these issues (``outcome_issue``)."""
+    return {"resourceType": "OperationOutcome", "issue": issues}
 
 
 def json_path(loc: tuple[int | str, ...]) -> str:
@@ -64,4 +68,4 @@ def outcome_from_validation(error: ValidationError, *, limit: int = 20) -> dict[
             )
         code = "invalid" if item["type"] != "missing" else "required"
         issues.append(outcome_issue(f"{path}: {message}", code=code, expression=[path]))
-    return {"resourceType": "OperationOutcome", "issue": issues}
+    return outcome_of(issues)

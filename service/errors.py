@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from cds_hooks.outcome import operation_outcome, outcome_from_validation
+from cds_hooks.outcome import operation_outcome, outcome_from_validation, outcome_issue, outcome_of
 
 # FHIR IssueType codes by HTTP status.
 _ISSUE_CODES = {
@@ -72,15 +72,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def validation_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
-        issues = [
-            {
-                "severity": "error",
-                "code": "invalid",
-                "diagnostics": f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}",
-            }
-            for err in exc.errors()[:20]
-        ]
-        return outcome_response(400, {"resourceType": "OperationOutcome", "issue": issues})
+        errors = exc.errors()[:20]
+        issues = [outcome_issue(f"{'.'.join(map(str, err['loc']))}: {err['msg']}") for err in errors]
+        return outcome_response(400, outcome_of(issues))
 
     async def unexpected(_: Request, exc: Exception) -> Response:
         return outcome_response(500, operation_outcome("internal error", code="exception"))

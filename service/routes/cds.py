@@ -13,7 +13,7 @@ from starlette.background import BackgroundTask
 from starlette.responses import Response
 from starlette.routing import Route
 
-from cds_hooks.outcome import outcome_issue
+from cds_hooks.outcome import outcome_issue, outcome_of
 from cds_hooks.request import HookRequest, parse_hook_request
 from cds_hooks.resources import Resource
 from cds_hooks.response import FEEDBACK
@@ -124,17 +124,16 @@ def _with_data(
         raise ProblemError(
             412,
             "required data unavailable: nothing about the patient could be read",
-            body={
-                "resourceType": "OperationOutcome",
-                "issue": [
+            body=outcome_of(
+                [
                     outcome_issue(
                         f"required data unavailable: prefetch {key!r}: {why}",
                         code="processing",
                         expression=[f"prefetch.{key}"],
                     )
                     for key, why in unavailable.items()
-                ],
-            },
+                ]
+            ),
         )
     return hook_request.with_prefetch(prefetch, unavailable)
 
