@@ -11,48 +11,17 @@ profiles, docs/performance.md).
   resumed while that request was still alive. The pause spans one ``await``: fetching prefetch data the
   client did not send, bounded by the FHIR timeout. Pauses of concurrent calls may interleave; the
   collector is back on whenever the call that paused it first ends, so it is never left off.
-- After a large request (``TRIM_AFTER_BYTES``), the C allocator is asked to give its free memory back to
-  the system (``trim``): glibc keeps the heap the largest request needed (pydantic-core's parse of the
-  body, large strings and lists), ~20 MB after a 2.8 MB request, until a later request reuses it.
+- The C allocator is left alone: asking glibc to return its free heap after each large request
+  (``malloc_trim``) kept ~9 MB less after the 2.8 MB requests but cost ~20 ms of CPU per such request, as the
+  next one faulted the pages back in (bench A/B, docs/performance.md "Which optimisations pay"); removed.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import gc
-import time
-from collections.abc import Callable
 from types import TracebackType
 
-import structlog
-
 YOUNG_THRESHOLD = 50_000
-TRIM_AFTER_BYTES = 1_000_000
-log = structlog.get_logger("lumbar.memory")
-
-
-def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's ``malloc_trim``, or None on a C library without it (musl, macOS)."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        function: Callable[[int], int] = libc.malloc_trim
-    except (OSError, AttributeError):
-        return None
-    return function
-
-
-_MALLOC_TRIM = _malloc_trim()
-
-
-def trim() -> None:
-    """Return the C allocator's free memory to the system. Blocking (a few milliseconds on a large heap,
-    with the GIL released): run it in a worker thread after the response has been sent."""
-    if _MALLOC_TRIM is None:
-        return
-    started = time.perf_counter()
-    _MALLOC_TRIM(0)
-    log.debug("memory trimmed", duration_ms=round((time.perf_counter() - started) * 1000, 2))
 
 
 def settle() -> None:

@@ -9,7 +9,6 @@ import orjson
 import structlog
 from fastapi import APIRouter, FastAPI, Request
 from pydantic import ValidationError
-from starlette.background import BackgroundTask
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -68,9 +67,7 @@ async def call_service(request: Request) -> Response:
         raise
     _record(state, evaluation, service_id, hook, started)
     await audit.done(200, evaluation)
-    # After a large body, give the memory its parse needed back to the system once the answer is sent.
-    after = BackgroundTask(collector.trim) if len(body) >= collector.TRIM_AFTER_BYTES else None
-    return Response(answer, media_type=JSON, background=after)
+    return Response(answer, media_type=JSON)
 
 
 async def _evaluate(

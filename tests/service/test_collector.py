@@ -1,5 +1,5 @@
 """The worker's memory policy (service/collector.py): the collector paused during a hook call and never left
-off, the allocator trimmed after large requests."""
+off."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from service import collector
 from service.app import create_app
 from service.collector import paused
 from tests.conftest import running
@@ -92,37 +91,3 @@ async def test_the_collector_is_on_after_every_kind_of_hook_call(
         assert gc.isenabled()
     expected = {"200": 200, "400": 400, "412": 412, "fetched": 200}[outcome]
     assert response.status_code == expected, response.text
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/status") as status:
-        line = next(line for line in status if line.startswith("VmRSS:"))
-    return int(line.split()[1]) * 1024
-
-
-@pytest.mark.skipif(collector._MALLOC_TRIM is None, reason="the C library has no malloc_trim")
-def test_trim_gives_the_allocators_free_memory_back() -> None:
-    # 64 KB blocks come from the C heap (above pymalloc, below the mmap threshold); the last one stays, so
-    # the freed ones lie below it and free() alone cannot shrink the heap: only malloc_trim returns them.
-    blocks = [bytearray(b"x" * 65_536) for _ in range(800)]
-    keep = blocks[-1]
-    del blocks
-    before = _rss_bytes()
-    collector.trim()
-    assert before - _rss_bytes() > 30_000_000
-    assert keep[0] == ord("x")
-
-
-@pytest.mark.parametrize(("threshold", "trimmed"), [(1_000, 1), (10_000_000, 0)])
-async def test_memory_is_trimmed_after_a_large_hook_call_only(
-    settings_factory: Any, monkeypatch: pytest.MonkeyPatch, threshold: int, trimmed: int
-) -> None:
-    calls: list[float] = []
-    monkeypatch.setattr(collector, "TRIM_AFTER_BYTES", threshold)
-    monkeypatch.setattr(collector, "trim", lambda: calls.append(1.0))
-    body = json.dumps(builders.patient_view_request(builders.lbp_today())).encode()
-    assert 1_000 < len(body) < 10_000_000
-    async with running(create_app(settings_factory())) as client:
-        response = await client.post(SERVICE, content=body)
-    assert response.status_code == 200, response.text
-    assert len(calls) == trimmed
