@@ -4,7 +4,9 @@ Copy ``k`` (2..N) of every rule file is ``<id>-x<k>.yaml`` with the id ``<id>-x<
 other by id (``suppresses``, ``consolidate_into``, ``rule:`` conditions, also inside ``escalate``, and the
 tests' ``suppressed_by``), so every rule id in a copy is renamed to its copy's id: each copy is a complete,
 consistent catalogue of its own (its cauda equina rules consolidate into its own cauda equina card, its red
-flags suppress its own advice). Value sets and ``terminology.yaml`` are shared.
+flags suppress its own advice by name). Value sets, ``terminology.yaml``, the named conditions
+(``definitions.yaml``) and the precedence tiers (``precedence.yaml``) are shared: a tier holds the rules of
+every copy, so an emergency of one copy also stands down the routine care of the others.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import re
 import shutil
 from pathlib import Path
 
-NOT_RULES = frozenset({"terminology.yaml"})
+from rules.engine.ruleset import NOT_RULES
 
 
 def rule_files(catalogue: Path) -> list[Path]:

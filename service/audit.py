@@ -22,7 +22,6 @@ from typing import Literal
 
 import structlog
 
-from rules.engine.cards import card_rules
 from rules.engine.evaluate import Evaluation
 from service.metrics import Metrics
 from service.storage.database import Database
@@ -75,8 +74,7 @@ def from_evaluation(evaluation: Evaluation) -> tuple[tuple[AuditCard, ...], tupl
             indicator=card.indicator,
             suggestions=tuple(s.uuid for s in card.suggestions if s.uuid),
         )
-        for card in evaluation.cards
-        for rule_id in card_rules(card)  # one row per rule credited: counts go to each contributing rule
+        for rule_id, card in evaluation.credited()  # one row per rule credited: counts go to each of them
     )
     rules: list[AuditRule] = []
     for verdict in evaluation.verdicts.values():

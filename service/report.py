@@ -182,7 +182,7 @@ async def build_report(
         service,
     )
     calls = _within(select(func.count()).select_from(audit_call), since, until, service)
-    # Each rule a card is credited to (one audit row each, service.audit.card_rules): feedback on the card
+    # Each rule a card is credited to (one audit row each, Evaluation.credited): feedback on the card
     # counts for every one of them.
     owner = select(audit_card.c.card_uuid, audit_card.c.rule_id.label("owner")).distinct().subquery()
     answers = _within(

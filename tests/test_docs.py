@@ -114,12 +114,14 @@ def test_the_guide_examples_load_and_their_tests_pass(
 ) -> None:
     from service.cli import main
 
-    assert len(GUIDE_BLOCK.findall(GUIDE)) == 2
+    assert len(GUIDE_BLOCK.findall(GUIDE)) == 3
     _guide_catalogue(tmp_path)
     monkeypatch.chdir(tmp_path)
     assert main(["check", "catalog"]) == 0, capsys.readouterr().out
-    assert main(["test", "catalog", "-k", "ref-example-walking-limited"]) == 0, capsys.readouterr().out
-    assert "2 passed, 0 failed" in capsys.readouterr().out
+    for rule in ("ref-example-walking-limited", "dx-ng65-sketch"):
+        capsys.readouterr()
+        assert main(["test", "catalog", "-k", rule]) == 0, capsys.readouterr().out
+        assert "2 passed, 0 failed" in capsys.readouterr().out
 
 
 def test_the_guide_error_example_is_what_check_prints(

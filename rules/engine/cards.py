@@ -320,10 +320,3 @@ def _reason_codes(
         shown = terminology.display(code)
         reasons.append({"coding": [_coding(code, shown)], "text": shown})
     return reasons
-
-
-def card_rules(card: Card) -> list[str]:
-    """Every rule a card is credited to: the rules whose evidence it shows, its topic's rule first."""
-    topic = card.source.topic.code if card.source.topic and card.source.topic.code else "unknown"
-    listed = (card.extension or {}).get("lumbar-cds", {}).get("rules") or []
-    return [topic, *(rule for rule in listed if isinstance(rule, str) and rule != topic)]

@@ -26,6 +26,7 @@ from rules.engine.context import (
     Needs,
     parse_duration,
 )
+from rules.engine.diagnostics import cycles, did_you_mean
 from rules.engine.facts import MEDICATIONS, ORDERS, Evidence
 
 
@@ -45,6 +46,8 @@ def _needs(node: schema.Condition, kids: list[Needs]) -> Needs:
     coded record need nothing. Unknown value-set names are left out (the loader reports them)."""
     if node.all is not None:
         return tuple(clause for kid in kids for clause in kid)
+    if node.is_ is not None:
+        return kids[0] if kids else ()
     if node.any is not None or (node.at_least is not None and node.at_least.count > 0):
         if not kids or any(not kid for kid in kids):
             return ()
@@ -84,6 +87,8 @@ def _compile(node: schema.Condition, path: DataPath, env: CompileEnv) -> tuple[C
     if node.not_ is not None:
         kid = compile_condition(node.not_, (*path, "not"), env)
         return _not(kid), "not", [kid]
+    if node.is_ is not None:
+        return _named(node.is_, path, env)
     if node.at_least is not None:
         kids = [
             compile_condition(c, (*path, "at_least", "of", i), env) for i, c in enumerate(node.at_least.of)
@@ -96,6 +101,74 @@ def _compile(node: schema.Condition, path: DataPath, env: CompileEnv) -> tuple[C
         same = repr(node.model_dump(exclude_unset=True))  # the query exactly, types included
         check = env.shared.setdefault(same, _answered_once(check))
     return check, _leaf(node), []
+
+
+def _named(name: str, path: DataPath, env: CompileEnv) -> tuple[Check, str, list[Check]]:
+    """``is: <name>``: the named condition, compiled here as part of this rule (so the rule reads its
+    value sets and gets its prefetch). Its own problems are reported once, where it is defined
+    (``check_definitions``); what it asks of other rules is located at this ``is:``."""
+    text = f"is {name}"
+    definition = env.definitions.get(name)
+    if definition is None:
+        env.report((*path, "is"), f"unknown definition {name!r}", did_you_mean(name, env.definitions))
+        return _never, text, []
+    if name in env.expanding:  # a cycle: reported where the definitions are checked
+        return _never, text, []
+    env.used_definitions.add(name)
+    report, refs, flags = env.report, len(env.rule_refs), len(env.uses_red_flags)
+    env.report = _quiet
+    env.expanding.append(name)
+    try:
+        kid = compile_condition(definition.when, ("define", name, "when"), env)
+    finally:
+        env.report = report
+        env.expanding.pop()
+    here: DataPath = (*path, "is")
+    env.rule_refs[refs:] = [(ref, here) for ref, _ in env.rule_refs[refs:]]
+    env.uses_red_flags[flags:] = [(here, minimum) for _, minimum in env.uses_red_flags[flags:]]
+
+    def run(ctx: EvalContext) -> list[Evidence] | None:
+        return kid(ctx)
+
+    return run, text, [kid]
+
+
+def _never(ctx: EvalContext) -> list[Evidence] | None:
+    return None
+
+
+def _quiet(where: DataPath, message: str, help: str | None) -> None:
+    pass
+
+
+def references(node: schema.Condition) -> set[str]:
+    """The definitions a condition names with ``is:``, at any depth (not through other definitions)."""
+    if node.is_ is not None:
+        return {node.is_}
+    kids = (
+        node.all
+        or node.any
+        or ([node.not_] if node.not_ else [])
+        or (node.at_least.of if node.at_least else [])
+    )
+    return set().union(*(references(kid) for kid in kids))
+
+
+def check_definitions(definitions: dict[str, schema.Definition], own: set[str], env: CompileEnv) -> None:
+    """Compile each of ``own`` definitions on its own, reporting its problems where it is written
+    (``("define", name, ...)`` through ``env.report``), and report the cycles among the definitions
+    that pass through one of them."""
+    for name in sorted(own):
+        env.expanding = [name]
+        compile_condition(definitions[name].when, ("define", name, "when"), env)
+    env.expanding = []
+    graph = {name: references(d.when) for name, d in definitions.items()}
+    for cycle in cycles(graph):
+        if own.intersection(cycle):
+            start = min(own.intersection(cycle))
+            turn = cycle.index(start)
+            shown = [*cycle[turn:], *cycle[:turn], start]
+            env.report(("define", start, "when"), f"cycle in definitions: {' -> '.join(shown)}", None)
 
 
 # The leaves that query the record; the others are cheaper than a lookup (age, gender, hook, episode) or
@@ -246,7 +319,7 @@ def _red_flags(minimum: str) -> Check:
         for rule_id, reach in ctx.red_flag_rules:
             if INDICATOR_ORDER[reach] < floor:
                 continue  # can never reach the asked level (and may be the asking rule itself)
-            indicator = ctx.resolve_indicator(ctx, rule_id)
+            indicator = ctx.indicator(rule_id)
             if indicator is not None and INDICATOR_ORDER[indicator] >= floor:
                 return []
         return None
@@ -256,7 +329,7 @@ def _red_flags(minimum: str) -> Check:
 
 def _rule(rule_id: str) -> Check:
     def run(ctx: EvalContext) -> list[Evidence] | None:
-        return ctx.resolve_rule(ctx, rule_id)
+        return ctx.holds(rule_id)
 
     return run
 

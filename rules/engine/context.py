@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 from cds_hooks.response import INDICATOR_RANK
 from rules.engine.diagnostics import did_you_mean
 from rules.engine.facts import Episode, Evidence
 from rules.engine.record import PatientRecord
+from rules.engine.schema import Definition
 from rules.engine.terminology import Terminology, ValueSet
+
+if TYPE_CHECKING:  # the compiled rules are built from this module's types
+    from rules.engine.ruleset import CompiledRule
 
 INDICATOR_ORDER = INDICATOR_RANK  # how urgent each card indicator is
 
@@ -33,24 +37,17 @@ def parse_duration(text: str) -> timedelta:
     return int(text[:-1]) * _UNITS[text[-1]]
 
 
-class RuleResolver(Protocol):
-    def __call__(self, ctx: EvalContext, rule_id: str) -> list[Evidence] | None: ...
-
-
-class IndicatorResolver(Protocol):
-    def __call__(self, ctx: EvalContext, rule_id: str) -> str | None: ...
-
-
 @dataclass(eq=False)
 class EvalContext:
-    """Everything one evaluation needs: the record, the clock, the hook, and memoised rule results."""
+    """One evaluation: the record, the clock, the hook, the rules, and what has been resolved so far.
+    Rules are resolved on demand and once each (``holds``, ``indicator``), whether the evaluator asks or
+    another rule's condition does (``rule:``, ``red_flags``)."""
 
     record: PatientRecord
     now: datetime
     hook: str
     context: ValueSet
-    resolve_rule: RuleResolver
-    resolve_indicator: IndicatorResolver
+    rules: Mapping[str, CompiledRule]
     red_flag_rules: tuple[tuple[str, str], ...] = ()  # (rule id, the highest indicator it can reach)
     # For reassuring cards (``rules.engine.sufficiency``): the value sets the red-flag rules read, and the
     # hook's red-flag screening (``RuleSet.screening``: the resource types its red-flag rules read, how many).
@@ -62,6 +59,32 @@ class EvalContext:
     escalation_evidence: dict[str, list[Evidence]] = field(default_factory=dict)
     answers: dict[Check, list[Evidence] | None] = field(default_factory=dict)  # shared queries' results
     _episode: list[Episode | None] = field(default_factory=list)
+
+    def holds(self, rule_id: str) -> list[Evidence] | None:
+        """The evidence that makes the rule's ``when`` true (before precedence), or None."""
+        memo = self.memo
+        if rule_id not in memo:
+            rule = self.rules[rule_id]
+            memo[rule_id] = rule.check(self) if rule.may_fire(self.record.present()) else None
+        return memo[rule_id]
+
+    def indicator(self, rule_id: str) -> str | None:
+        """The rule's effective indicator, its escalations applied; None when it does not hold. What made
+        it more urgent is kept as evidence for its card (``escalation_evidence``)."""
+        if rule_id not in self.indicators:
+            level: str | None = None
+            if self.holds(rule_id) is not None:
+                rule = self.rules[rule_id]
+                level = rule.indicator
+                for escalation in rule.escalations:
+                    if INDICATOR_ORDER[escalation.indicator] <= INDICATOR_ORDER[level]:
+                        continue
+                    why = escalation.when(self)
+                    if why is not None:
+                        level = escalation.indicator
+                        self.escalation_evidence[rule_id] = why
+            self.indicators[rule_id] = level
+        return self.indicators[rule_id]
 
     def resolve_episode(self) -> Episode | None:
         """The current low back pain episode, computed once per evaluation."""
@@ -97,6 +120,11 @@ class CompileEnv:
     # The rule set's record queries by their text, shared by every rule that asks the same question (see
     # ``conditions``); None: no sharing (a file checked on its own).
     shared: dict[str, Check] | None = None
+    # The named conditions ``is:`` may use (definitions.yaml and the file's own ``define:``), and the
+    # names this rule used, nested ones included.
+    definitions: dict[str, Definition] = field(default_factory=dict)
+    used_definitions: set[str] = field(default_factory=set)
+    expanding: list[str] = field(default_factory=list)  # the definitions being compiled, outermost first
 
     def valueset(self, name: str, path: DataPath) -> ValueSet | None:
         self.used.add(name)

@@ -55,3 +55,25 @@ class RuleSetError(Exception):
         self.diagnostics = sorted(diagnostics)
         errors = sum(1 for d in self.diagnostics if d.severity == "error")
         super().__init__(f"{errors} error(s) in the rule catalogue\n{render_all(self.diagnostics)}")
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The cycles of a directed graph, each once (as found by a depth-first search)."""
+    state: dict[str, int] = {}
+    found: list[list[str]] = []
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in graph:
+                continue
+            if state.get(nxt) == 1:
+                found.append(trail[trail.index(nxt) :])
+            elif state.get(nxt) is None:
+                visit(nxt, [*trail, nxt])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if state.get(node) is None:
+            visit(node, [node])
+    return found

@@ -54,6 +54,14 @@ class Evaluation:
     errors: dict[str, str] = field(default_factory=dict)
     has_context: bool = True
     system_actions: tuple[Action, ...] = ()
+    # The rules each card is credited to, parallel to ``cards``: its topic's rule first, then every rule
+    # whose evidence it shows (a merged cauda equina card is credited to each contributing rule).
+    credits: tuple[tuple[str, ...], ...] = ()
+
+    def credited(self) -> list[tuple[str, Card]]:
+        """(rule id, card) for every rule each card is credited to, cards in the order they are shown."""
+        pairs = zip(self.cards, self.credits, strict=True)
+        return [(rule_id, card) for card, rules in pairs for rule_id in rules]
 
     def response(self) -> CdsResponse:
         """The CDS Hooks response. System actions are also sent as ``extension.systemActions``, where the
@@ -84,45 +92,16 @@ def _initial_verdicts(ruleset: RuleSet, hook: str | None) -> dict[str, Verdict]:
     return initial
 
 
-def _resolver(ruleset: RuleSet) -> tuple[Any, Any]:
-    def resolve(ctx: EvalContext, rule_id: str) -> list[Evidence] | None:
-        if rule_id not in ctx.memo:
-            rule = ruleset.by_id[rule_id]
-            may = rule.may_fire(ctx.record.present())  # for rules reached by reference (rule:, red_flags)
-            ctx.memo[rule_id] = rule.check(ctx) if may else None
-        return ctx.memo[rule_id]
-
-    def indicator(ctx: EvalContext, rule_id: str) -> str | None:
-        if rule_id not in ctx.indicators:
-            rule = ruleset.by_id[rule_id]
-            level: str | None = None
-            if resolve(ctx, rule_id) is not None:
-                level = rule.indicator
-                for escalation in rule.escalations:
-                    if INDICATOR_ORDER[escalation.indicator] <= INDICATOR_ORDER[level]:
-                        continue
-                    why = escalation.when(ctx)
-                    if why is not None:  # what made it more urgent is evidence on the card too
-                        level = escalation.indicator
-                        ctx.escalation_evidence[rule_id] = why
-            ctx.indicators[rule_id] = level
-        return ctx.indicators[rule_id]
-
-    return resolve, indicator
-
-
 def prepare(ruleset: RuleSet, request: HookRequest, now: datetime) -> EvalContext:
     """The normalised record and a fresh evaluation context for ``request`` at ``now``."""
     record = PatientRecord.from_request(request, ruleset.builder, now)
     record.unavailable = ruleset.unavailable_types(request.hook, request.unavailable)
-    resolve, indicator = _resolver(ruleset)
     return EvalContext(
         record,
         now,
         request.hook,
         ruleset.context,
-        resolve,
-        indicator,
+        ruleset.by_id,
         ruleset.red_flag_ids,
         recognised=ruleset.recognised,
         screening=ruleset.screening(request.hook),
@@ -145,7 +124,6 @@ def evaluate(ruleset: RuleSet, request: HookRequest, now: datetime) -> Evaluatio
     if not record.has_context(ruleset.context):
         silent = _initial_verdicts(ruleset, None).copy()
         return Evaluation((), silent, tuple(record.notes), has_context=False)
-    indicator = ctx.resolve_indicator
     present = record.present()
     results: dict[str, list[Evidence]] = {}
     levels: dict[str, str] = {}
@@ -157,7 +135,7 @@ def evaluate(ruleset: RuleSet, request: HookRequest, now: datetime) -> Evaluatio
         if not rule.may_fire(present):  # what resolving it would conclude, without the calls
             continue
         try:
-            level = indicator(ctx, rule.id)  # resolves the rule first
+            level = ctx.indicator(rule.id)  # resolves the rule first
         except Exception as exc:  # noqa: BLE001  # one rule's bug must not hide the other rules' cards
             errors[rule.id] = f"{type(exc).__name__}: {exc}"
             verdicts[rule.id] = Verdict(rule.id, "error", error=errors[rule.id])
@@ -196,8 +174,10 @@ def evaluate(ruleset: RuleSet, request: HookRequest, now: datetime) -> Evaluatio
         )
         for plan in plans
     ]
+    credits = [tuple(plan.rules or [plan.template.rule_id]) for plan in plans]
     if errors:
         cards.insert(0, _incomplete_card(sorted(errors), ruleset.version))
+        credits.insert(0, ("engine-incomplete", *sorted(errors)))
     actions = _ratings(ruleset, ctx, verdicts, request.hook_instance)
     notes = tuple(sorted(set(record.notes) | ctx.notes))
     return Evaluation(
@@ -206,6 +186,7 @@ def evaluate(ruleset: RuleSet, request: HookRequest, now: datetime) -> Evaluatio
         notes,
         errors,
         system_actions=tuple(actions),
+        credits=tuple(credits),
     )
 
 

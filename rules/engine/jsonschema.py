@@ -22,11 +22,15 @@ _FILES: dict[str, type[BaseModel]] = {
     "rule.schema.json": schema.RuleFile,
     "valueset.schema.json": schema.ValueSetFile,
     "terminology.schema.json": schema.TerminologyFile,
+    "definitions.schema.json": schema.DefinitionsFile,
+    "precedence.schema.json": schema.PrecedenceFile,
 }
 _TITLES = {
     "rule.schema.json": "Lumbar CDS rule file",
     "valueset.schema.json": "Lumbar CDS value set",
     "terminology.schema.json": "Lumbar CDS terminology list",
+    "definitions.schema.json": "Lumbar CDS named conditions",
+    "precedence.schema.json": "Lumbar CDS precedence tiers",
 }
 
 

@@ -175,6 +175,45 @@ class Loader:
                 terminology.equivalents[key] = members
         return terminology
 
+    def entries(self, name: str, key: str, model: type[Any]) -> tuple[dict[str, Any], SourceDocument | None]:
+        """The named entries under ``key`` of a catalogue-wide file that may be absent
+        (``definitions.yaml``, ``precedence.yaml``), each validated with ``model`` on its own (so one
+        bad entry does not hide the good ones from the rules that use them), and the file's document."""
+        path = self.directory / name
+        if not path.is_file():
+            return {}, None
+        document = self.read(path)
+        if document is None:
+            return {}, None
+        data = document.data if isinstance(document.data, dict) else {}
+        unknown = [k for k in data if k != key] if isinstance(document.data, dict) else []
+        for other in unknown:
+            self.diagnostics.append(
+                document.diagnostic((other,), f"unknown key {other!r}", did_you_mean(other, [key]))
+            )
+        items = data.get(key)
+        if not isinstance(items, dict) or not items:
+            self.diagnostics.append(
+                document.diagnostic((key,), f"{name} needs a mapping '{key}' of named entries")
+            )
+            return {}, document
+        found: dict[str, Any] = {}
+        for entry, value in items.items():
+            if not re.match(schema.NAME_PATTERN, str(entry)) or len(str(entry)) > 80:
+                self.diagnostics.append(
+                    document.diagnostic(
+                        (key, entry), f"{entry!r} is not a name (lower-case words joined by -)"
+                    )
+                )
+                continue
+            try:
+                found[entry] = model.model_validate(value)
+            except ValidationError as exc:
+                for error in exc.errors(include_url=False):
+                    error = {**error, "loc": (key, entry, *error["loc"])}
+                    self.diagnostics.append(schema_diagnostic(document, error))
+        return found, document
+
     def valuesets(self, terminology: Terminology) -> dict[str, ValueSet]:
         found: dict[str, ValueSet] = {}
         for path in sorted((self.directory / "valuesets").glob("*.yaml")):

@@ -4,6 +4,8 @@ Catalogue layout (``LUMBAR_RULES_DIR``)::
 
     terminology.yaml        the codes rules and value sets may use
     valuesets/<name>.yaml   one value set per file, name = file stem
+    definitions.yaml        named conditions any rule may use (``is: <name>``); optional
+    precedence.yaml         precedence tiers (``tier: <name>``) and what each suppresses; optional
     <rule-id>.yaml          one rule per file, id = file stem
 
 :func:`load_ruleset` returns a :class:`RuleSet` or raises :class:`RuleSetError` carrying every diagnostic.
@@ -12,8 +14,8 @@ Catalogue layout (``LUMBAR_RULES_DIR``)::
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from pydantic import ValidationError
 
 from rules.engine import schema
 from rules.engine.cards import CardTemplate
-from rules.engine.conditions import compile_condition
+from rules.engine.conditions import check_definitions, compile_condition
 from rules.engine.context import (
     INDICATOR_ORDER,
     Check,
@@ -32,7 +34,7 @@ from rules.engine.context import (
     EvalContext,
     Needs,
 )
-from rules.engine.diagnostics import Diagnostic, RuleSetError, did_you_mean
+from rules.engine.diagnostics import Diagnostic, RuleSetError, cycles, did_you_mean
 from rules.engine.loader import CompiledEscalation, Loader
 from rules.engine.normalise import RecordBuilder
 from rules.engine.prefetch import prefetch_templates
@@ -45,6 +47,10 @@ CONTEXT_VALUESET = "low-back-pain"
 """The value set that gates every rule (knowledge base Part B4) and defines the pain episode."""
 CHRONIC_VALUESET = "chronic-low-back-pain"
 """Pain recorded as chronic: the episode has lasted at least 12 weeks whatever the record's date."""
+DEFINITIONS_FILE = "definitions.yaml"
+PRECEDENCE_FILE = "precedence.yaml"
+NOT_RULES = frozenset({"terminology.yaml", DEFINITIONS_FILE, PRECEDENCE_FILE})
+"""The catalogue's files at its top level that are not rule files."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -57,7 +63,7 @@ class CompiledRule:
     check: Check
     card: CardTemplate | None
     consolidate_into: str | None
-    suppresses: tuple[tuple[str, str], ...]  # (rule id, the indicator from which it applies)
+    suppresses: tuple[tuple[str, str], ...]  # (rule id, the indicator from which it applies), tiers resolved
     tests: tuple[schema.TestCase, ...]
     path: str
     document: SourceDocument
@@ -73,6 +79,7 @@ class CompiledRule:
     uses: frozenset[str] = frozenset()  # every value set the rule names
     needs: Needs = ()  # what ``when`` needs in the record to be true at all (see ``context.Needs``)
     reassurance: Reassurance | None = None  # given only on sufficient data (``rules.engine.sufficiency``)
+    tier: str | None = None  # its precedence tier (precedence.yaml)
 
     def may_fire(self, present: frozenset[str]) -> bool:
         """False when the record lacks what ``when`` needs, so ``check`` would return None anyway: the
@@ -205,18 +212,36 @@ class RuleSet:
         return {}
 
 
-def _compile_rule(
-    loader: Loader,
-    path: Path,
-    valuesets: dict[str, ValueSet],
-    terminology: Terminology,
-    shared: dict[str, Check],
-) -> CompiledRule | None:
+@dataclass(frozen=True)
+class _Declared:
+    """A ``suppresses`` entry where it is written: a rule file's own, or its tier's in precedence.yaml."""
+
+    rule: str | None
+    tier: str | None
+    at: str | None
+    document: SourceDocument
+    where: DataPath
+
+
+@dataclass
+class _Shared:
+    """What every rule file of one catalogue compiles against, and what compiling them collects."""
+
+    valuesets: dict[str, ValueSet]
+    terminology: Terminology
+    definitions: dict[str, schema.Definition]
+    queries: dict[str, Check] = field(default_factory=dict)  # record queries by text (``conditions``)
+    declared: dict[str, list[_Declared]] = field(default_factory=dict)  # each rule's suppresses entries
+    used_definitions: set[str] = field(default_factory=set)
+
+
+def _compile_rule(loader: Loader, path: Path, shared: _Shared) -> CompiledRule | None:
+    valuesets, terminology = shared.valuesets, shared.terminology
     document = loader.read(path)
     parsed: schema.RuleFile | None = loader.validate(schema.RuleFile, document)
     if parsed is None or document is None:
         if document is not None:
-            _check_sections(loader, document, valuesets, terminology)
+            _check_sections(loader, document, shared)
         return None
     doc = document
     if parsed.id != path.stem:
@@ -224,10 +249,18 @@ def _compile_rule(
             doc.diagnostic(("id",), f"rule id {parsed.id!r} differs from the file name {path.stem!r}")
         )
 
-    def report(where: DataPath, message: str, help: str | None) -> None:
-        loader.diagnostics.append(doc.diagnostic(where, message, help, at_value=True))
-
-    env = CompileEnv(valuesets, terminology, report, shared=shared)
+    report = _reporter(loader, doc)
+    for name in parsed.define:
+        if name in shared.definitions:
+            shown = f"{DEFINITIONS_FILE} (use that one, or give this one another name)"
+            loader.diagnostics.append(
+                doc.diagnostic(("define", name), f"{name!r} is already defined in {shown}")
+            )
+    definitions = {**shared.definitions, **parsed.define}
+    check_definitions(
+        definitions, set(parsed.define), CompileEnv(valuesets, terminology, report, definitions=definitions)
+    )
+    env = CompileEnv(valuesets, terminology, report, shared=shared.queries, definitions=definitions)
     check = compile_condition(parsed.when, ("when",), env)
     escalations = tuple(
         CompiledEscalation(e.indicator, compile_condition(e.when, ("escalate", i, "when"), env), e.summary)
@@ -261,15 +294,25 @@ def _compile_rule(
                 update={
                     "now": case.now or defaults.now,
                     "patient": case.patient or defaults.patient,
-                    "records": [*defaults.records, *case.records],
+                    "records": [*(defaults.records if case.background else ()), *case.records],
                 }
             )
         )
     if {case.expect.fired for case in parsed.tests} != {True, False}:
         report(("tests",), "a rule needs at least one test that fires and one that stays silent", None)
-    suppresses = tuple(
-        (e, parsed.indicator) if isinstance(e, str) else (e.rule, e.at) for e in parsed.suppresses
-    )
+    for name in sorted(set(parsed.define) - env.used_definitions):
+        loader.diagnostics.append(
+            doc.diagnostic(
+                ("define", name), f"definition {name!r} is not used", "use it (is: ...), or delete it"
+            ).as_warning()
+        )
+    shared.used_definitions |= env.used_definitions
+    shared.declared[parsed.id] = [
+        _Declared(entry, None, None, doc, ("suppresses", index))
+        if isinstance(entry, str)
+        else _Declared(entry.rule, entry.tier, entry.at, doc, ("suppresses", index))
+        for index, entry in enumerate(parsed.suppresses)
+    ]
     return CompiledRule(
         parsed.id,
         parsed.title,
@@ -279,7 +322,7 @@ def _compile_rule(
         check,
         card,
         parsed.consolidate_into,
-        suppresses,
+        (),  # resolved with the tiers once every rule is compiled (``_precedence``)
         tuple(tests),
         doc.path,
         doc,
@@ -295,21 +338,26 @@ def _compile_rule(
         frozenset(env.used),
         env.needs[check],
         reassurance,
+        parsed.tier,
     )
 
 
-def _check_sections(
-    loader: Loader, document: SourceDocument, valuesets: dict[str, ValueSet], terminology: Terminology
-) -> None:
+def _check_sections(loader: Loader, document: SourceDocument, shared: _Shared) -> None:
     """A rule file with schema errors still gets the names and codes of its valid sections checked, so one
     mistake does not hide the others (the schema errors themselves are already reported)."""
     data = document.data if isinstance(document.data, dict) else {}
     quiet = Loader(loader.directory)  # sections with schema errors: their errors are in the main report
 
-    def report(where: DataPath, message: str, help: str | None) -> None:
-        loader.diagnostics.append(document.diagnostic(where, message, help, at_value=True))
-
-    env = CompileEnv(valuesets, terminology, report)
+    report = _reporter(loader, document)
+    terminology = shared.terminology
+    definitions = dict(shared.definitions)
+    local = data.get("define")
+    for name, item in local.items() if isinstance(local, dict) else ():
+        try:
+            definitions[name] = schema.Definition.model_validate(item)
+        except ValidationError:
+            continue
+    env = CompileEnv(shared.valuesets, terminology, report, definitions=definitions)
     try:
         when = schema.Condition.model_validate(data.get("when"))
     except ValidationError:
@@ -354,23 +402,6 @@ def _cross_check(rules: dict[str, CompiledRule], diagnostics: list[Diagnostic], 
                 report(
                     rule, ("consolidate_into",), f"rule {target.id!r} has a lower indicator than this rule"
                 )
-        for index, (target_id, at) in enumerate(rule.suppresses):
-            target = rules.get(target_id)
-            level = max(INDICATOR_ORDER[rule.indicator], INDICATOR_ORDER[at])
-            if target is None:
-                if target_id not in failed:
-                    help = did_you_mean(target_id, rules)
-                    report(rule, ("suppresses", index), f"unknown rule {target_id!r}", help)
-            elif target_id == rule.id:
-                report(rule, ("suppresses", index), "a rule cannot suppress itself")
-            elif target.category == "red-flag" and INDICATOR_ORDER[target.indicator] > level:
-                # Clinical safety: a red flag may only give way to a card at least as urgent.
-                shown = next(name for name, rank in INDICATOR_ORDER.items() if rank == level)
-                report(
-                    rule,
-                    ("suppresses", index),
-                    f"{shown} rule cannot suppress the {target.indicator} red flag {target_id!r}",
-                )
         for ref in rule.rule_refs:
             if ref not in rules and ref not in failed:
                 report(rule, ("when",), f"unknown rule {ref!r}", did_you_mean(ref, rules))
@@ -378,26 +409,98 @@ def _cross_check(rules: dict[str, CompiledRule], diagnostics: list[Diagnostic], 
     _find_cycles(rules, "when", lambda r: r.rule_refs, diagnostics)
 
 
-def _find_cycles(rules: dict[str, CompiledRule], key: str, edges: Any, diagnostics: list[Diagnostic]) -> None:
-    state: dict[str, int] = {}
-
-    def visit(rule_id: str, trail: list[str]) -> None:
-        state[rule_id] = 1
-        for nxt in edges(rules[rule_id]):
-            if nxt not in rules:
+def _precedence(
+    rules: dict[str, CompiledRule],
+    tiers: dict[str, schema.Tier],
+    tiers_document: SourceDocument | None,
+    shared: _Shared,
+    diagnostics: list[Diagnostic],
+    failed: set[str],
+) -> dict[str, CompiledRule]:
+    """Each rule with its ``suppresses`` resolved: its own entries and its tier's, a tier standing for
+    every rule that says ``tier: <name>`` (but the suppressing rule itself), each target once at the
+    lowest level any entry gives. Every entry is checked where it is written."""
+    members: dict[str, list[str]] = {}
+    for rule in rules.values():
+        if rule.tier is None:
+            continue
+        if rule.tier in tiers:
+            members.setdefault(rule.tier, []).append(rule.id)
+        else:
+            help = did_you_mean(rule.tier, tiers)
+            where = f" ({PRECEDENCE_FILE} has none)" if tiers_document is None else ""
+            diagnostics.append(
+                rule.document.diagnostic(("tier",), f"unknown tier {rule.tier!r}{where}", help)
+            )
+    out: dict[str, CompiledRule] = {}
+    for rule in rules.values():
+        entries = list(shared.declared.get(rule.id, ()))
+        if rule.tier in tiers and tiers_document is not None:
+            entries += [
+                _Declared(e.rule, e.tier, e.at, tiers_document, ("tiers", rule.tier, "suppresses", index))
+                for index, e in enumerate(tiers[rule.tier].suppresses)
+            ]
+        found: dict[str, str] = {}
+        for entry in entries:
+            problem = _suppression_problem(rule, entry, rules, tiers, failed)
+            if problem is not None:
+                message, help = problem
+                diagnostics.append(entry.document.diagnostic(entry.where, message, help))
                 continue
-            if state.get(nxt) == 1:
-                cycle = (
-                    " -> ".join([*trail[trail.index(nxt) :], nxt]) if nxt in trail else f"{rule_id} -> {nxt}"
-                )
-                diagnostics.append(rules[rule_id].document.diagnostic((key,), f"cycle in '{key}': {cycle}"))
-            elif state.get(nxt) is None:
-                visit(nxt, [*trail, nxt])
-        state[rule_id] = 2
+            if entry.rule is not None and entry.rule not in rules:
+                continue  # that rule's own file failed, and is reported on its own
+            at = entry.at or rule.indicator
+            targets = (
+                [entry.rule] if entry.rule else [t for t in members.get(entry.tier or "", ()) if t != rule.id]
+            )
+            for target in targets:
+                unsafe = _unsafe(rule, rules[target], at, entry)
+                if unsafe is not None:
+                    diagnostics.append(entry.document.diagnostic(entry.where, unsafe))
+                elif target not in found or INDICATOR_ORDER[at] < INDICATOR_ORDER[found[target]]:
+                    found[target] = at
+        out[rule.id] = replace(rule, suppresses=tuple(sorted(found.items())))
+    return out
 
-    for rule_id in rules:
-        if state.get(rule_id) is None:
-            visit(rule_id, [rule_id])
+
+def _suppression_problem(
+    rule: CompiledRule,
+    entry: _Declared,
+    rules: dict[str, CompiledRule],
+    tiers: dict[str, Any],
+    failed: set[str],
+) -> tuple[str, str | None] | None:
+    """Why an entry names nothing it can suppress (an unknown rule or tier, the rule itself)."""
+    if entry.tier is not None:
+        if entry.tier not in tiers:
+            return f"unknown tier {entry.tier!r}", did_you_mean(entry.tier, tiers)
+        return None
+    if entry.rule not in rules:
+        if entry.rule in failed:  # that rule's own file failed, and is reported on its own
+            return None
+        return f"unknown rule {entry.rule!r}", did_you_mean(entry.rule or "", rules)
+    if entry.rule == rule.id:
+        return "a rule cannot suppress itself", None
+    return None
+
+
+def _unsafe(rule: CompiledRule, target: CompiledRule, at: str, entry: _Declared) -> str | None:
+    """Clinical safety: a red flag may only give way to a card at least as urgent."""
+    level = max(INDICATOR_ORDER[rule.indicator], INDICATOR_ORDER[at])
+    if target.category != "red-flag" or INDICATOR_ORDER[target.indicator] <= level:
+        return None
+    shown = next(name for name, rank in INDICATOR_ORDER.items() if rank == level)
+    who = (
+        f"{shown} rule" if entry.document is rule.document else f"{shown} rule {rule.id!r} (tier {rule.tier})"
+    )
+    return f"{who} cannot suppress the {target.indicator} red flag {target.id!r}"
+
+
+def _find_cycles(rules: dict[str, CompiledRule], key: str, edges: Any, diagnostics: list[Diagnostic]) -> None:
+    graph = {rule_id: set(edges(rule)) for rule_id, rule in rules.items()}
+    for cycle in cycles(graph):
+        shown = " -> ".join([*cycle, cycle[0]])
+        diagnostics.append(rules[cycle[-1]].document.diagnostic((key,), f"cycle in '{key}': {shown}"))
 
 
 def _unused_valuesets(loader: Loader, rules: dict[str, CompiledRule], defined: set[str]) -> None:
@@ -416,6 +519,40 @@ def _unused_valuesets(loader: Loader, rules: dict[str, CompiledRule], defined: s
         )
 
 
+def _reporter(loader: Loader, document: SourceDocument) -> Callable[[DataPath, str, str | None], None]:
+    """Where compiling reports a problem: at the value of the path, in ``document``."""
+
+    def report(where: DataPath, message: str, help: str | None) -> None:
+        loader.diagnostics.append(document.diagnostic(where, message, help, at_value=True))
+
+    return report
+
+
+def _unused_shared(
+    loader: Loader,
+    rules: dict[str, CompiledRule],
+    shared: _Shared,
+    definitions: SourceDocument | None,
+    tiers: SourceDocument | None,
+) -> None:
+    """Warnings for shared definitions no rule uses and tiers no rule belongs to or names."""
+    unused: list[Diagnostic] = []
+    if definitions is not None:
+        for name in sorted(set(shared.definitions) - shared.used_definitions):
+            unused.append(
+                definitions.diagnostic(("define", name), f"definition {name!r} is not used by any rule")
+            )
+    if tiers is not None and isinstance(tiers.data, dict) and isinstance(tiers.data.get("tiers"), dict):
+        named = {rule.tier for rule in rules.values()}
+        for entries in shared.declared.values():
+            named.update(entry.tier for entry in entries)
+        for name in sorted(set(tiers.data["tiers"]) - named):
+            unused.append(
+                tiers.diagnostic(("tiers", name), f"tier {name!r} has no rules and no rule names it")
+            )
+    loader.diagnostics.extend(d.as_warning() for d in unused)
+
+
 def load_ruleset(directory: Path) -> RuleSet:
     """Load and compile a whole catalogue.
 
@@ -432,12 +569,19 @@ def load_ruleset(directory: Path) -> RuleSet:
     if terminology is None:
         raise RuleSetError(loader.diagnostics)
     valuesets = loader.valuesets(terminology)
+    definitions, definitions_document = loader.entries(DEFINITIONS_FILE, "define", schema.Definition)
+    if definitions_document is not None:
+        env = CompileEnv(
+            valuesets, terminology, _reporter(loader, definitions_document), definitions=definitions
+        )
+        check_definitions(definitions, set(definitions), env)
+    tiers, tiers_document = loader.entries(PRECEDENCE_FILE, "tiers", schema.Tier)
     compiled: dict[str, CompiledRule] = {}
-    files = [path for path in sorted(directory.glob("*.yaml")) if path.name != "terminology.yaml"]
+    files = [path for path in sorted(directory.glob("*.yaml")) if path.name not in NOT_RULES]
     failed: set[str] = set()
-    shared: dict[str, Check] = {}  # record queries by text, one closure each (see ``conditions``)
+    shared = _Shared(valuesets, terminology, definitions)
     for path in files:
-        rule = _compile_rule(loader, path, valuesets, terminology, shared)
+        rule = _compile_rule(loader, path, shared)
         if rule is None:
             failed.add(path.stem)
             continue
@@ -455,11 +599,13 @@ def load_ruleset(directory: Path) -> RuleSet:
                 f"missing value set {CONTEXT_VALUESET!r}, which gates every rule",
             )
         )
+    compiled = _precedence(compiled, tiers, tiers_document, shared, loader.diagnostics, failed)
     _cross_check(compiled, loader.diagnostics, failed)
     if not files:
         loader.diagnostics.append(Diagnostic(loader.display(directory), 1, 1, "no rule files found"))
-    if not any(d.severity == "error" for d in loader.diagnostics):
-        _unused_valuesets(loader, compiled, set(valuesets))  # only meaningful when every rule loaded
+    if not any(d.severity == "error" for d in loader.diagnostics):  # only meaningful when every rule loaded
+        _unused_valuesets(loader, compiled, set(valuesets))
+        _unused_shared(loader, compiled, shared, definitions_document, tiers_document)
     if any(d.severity == "error" for d in loader.diagnostics):
         raise RuleSetError(loader.diagnostics)
     assert context is not None

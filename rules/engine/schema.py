@@ -20,7 +20,8 @@ Priority = Literal["stat", "asap", "urgent", "routine"]
 
 Duration = Annotated[str, StringConstraints(pattern=r"^[1-9][0-9]{0,4}(h|d|w|y)$")]
 CodeRef = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]*:[^\s:]+$")]
-Name = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$", max_length=80)]
+NAME_PATTERN = r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$"
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN, max_length=80)]
 Url = Annotated[str, StringConstraints(pattern=r"^https?://\S+$")]
 # A test-case time: an absolute FHIR date/dateTime, "now", or an offset before now such as "-6d".
 TestTime = Annotated[str, StringConstraints(pattern=r"^(now|-[0-9]{1,5}(h|d|w|y)|[0-9]{4}(-.*)?)$")]
@@ -263,6 +264,7 @@ class Condition(Strict):
     order: OrderQuery | None = None
     rule: Name | None = None  # another rule's condition holds (before precedence)
     hook: list[Hook] | None = None
+    is_: Name | None = Field(default=None, alias="is")  # a named condition (``define:``) holds
 
     @model_validator(mode="after")
     def _one_key(self) -> Condition:
@@ -311,10 +313,18 @@ class Escalation(Strict):
 
 
 class SuppressEntry(Strict):
-    """Suppress a rule only when this rule's effective indicator reaches ``at``."""
+    """Suppress a rule, or every rule of a precedence tier, once the suppressing rule's effective
+    indicator reaches ``at`` (default: the suppressing rule's own indicator)."""
 
-    rule: Name
-    at: IndicatorName
+    rule: Name | None = None
+    tier: Name | None = None
+    at: IndicatorName | None = None
+
+    @model_validator(mode="after")
+    def _one_target(self) -> SuppressEntry:
+        if (self.rule is None) == (self.tier is None):
+            raise ValueError("a suppresses entry needs exactly one of: rule, tier")
+        return self
 
 
 class Modifier(Strict):
@@ -484,12 +494,39 @@ class TestCase(Strict):
     now: TestNow | None = None  # required here or in the file's test_defaults
     hook: Hook = "patient-view"
     patient: PatientSpec | None = None
+    background: bool = True  # false: start without the file's test_defaults records
     records: list[RecordSpec] = Field(default_factory=list)
     draft_orders: list[RecordSpec] = Field(default_factory=list)
     # Resource types the EHR could not provide (as if their prefetch searches had failed), with the reason.
     unavailable: dict[PrefetchedType, str] = Field(default_factory=dict)
     expect: Expectation
     xfail: str | None = None  # a known gap: the case must fail, and says why
+
+
+class Definition(Strict):
+    """A named condition, used in ``when`` (and anywhere a condition goes) as ``is: <name>``."""
+
+    description: Annotated[str, StringConstraints(min_length=10)]  # what it means, clinically
+    when: Condition
+
+
+class DefinitionsFile(Strict):
+    """``definitions.yaml``: the named conditions every rule file may use."""
+
+    define: dict[Name, Definition] = Field(min_length=1)
+
+
+class Tier(Strict):
+    """A precedence tier: the rules that say ``tier: <name>``, and what each of them suppresses."""
+
+    description: Annotated[str, StringConstraints(min_length=10)]
+    suppresses: list[SuppressEntry] = Field(default_factory=list)
+
+
+class PrecedenceFile(Strict):
+    """``precedence.yaml``: the precedence tiers (an emergency suppresses routine care...)."""
+
+    tiers: dict[Name, Tier] = Field(min_length=1)
 
 
 class RuleFile(Strict):
@@ -502,7 +539,9 @@ class RuleFile(Strict):
     card: CardSpec | None = None
     consolidate_into: Name | None = None  # show this rule's evidence on that rule's card
     escalate: list[Escalation] = Field(default_factory=list)
-    suppresses: list[Name | SuppressEntry] = Field(default_factory=list)
+    tier: Name | None = None  # its precedence tier (precedence.yaml): what it suppresses, who suppresses it
+    suppresses: list[Name | SuppressEntry] = Field(default_factory=list)  # beyond its tier's
+    define: dict[Name, Definition] = Field(default_factory=dict)  # named conditions of this file only
     modifies: Modifier | None = None
     pama_rating: Name | None = None  # rate the hook's draft orders from this value set (Argonaut PAMA)
     reassures: Reassurance | None = None  # only on sufficient data (see ``Reassurance``)
@@ -521,6 +560,7 @@ class RuleFile(Strict):
 
 Condition.model_rebuild()
 AtLeast.model_rebuild()
+Definition.model_rebuild()
 SuggestionSpec.model_rebuild()
 NoteSpec.model_rebuild()
 Escalation.model_rebuild()
@@ -546,6 +586,10 @@ ALL_KEYS: frozenset[str] = frozenset(
         UndecidedCard,
         Reassurance,
         SuppressEntry,
+        Definition,
+        DefinitionsFile,
+        Tier,
+        PrecedenceFile,
         Modifier,
         LinkSpec,
         SourceSpec,

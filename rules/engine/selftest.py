@@ -19,7 +19,6 @@ import orjson
 from cds_hooks.fhirtime import parse_fhir_datetime
 from cds_hooks.request import HookRequest, parse_hook_request
 from cds_hooks.response import Action, Card
-from rules.engine.cards import card_rules
 from rules.engine.context import parse_duration
 from rules.engine.evaluate import Evaluation, Verdict, evaluate
 from rules.engine.pama import RATING_EXTENSION
@@ -302,7 +301,7 @@ def _card_for(evaluation: Evaluation, rule_id: str) -> Card | None:
     verdict = evaluation.verdicts.get(rule_id)
     if verdict is None or verdict.card is None:  # (only a fired rule's evidence is on a card)
         return None
-    return next((c for c in evaluation.cards if rule_id in card_rules(c)), None)
+    return next((card for credited, card in evaluation.credited() if credited == rule_id), None)
 
 
 def _suggested(card: Card) -> dict[str, str]:

@@ -10,17 +10,13 @@ import pytest
 from rules import BUNDLED_CATALOG
 from rules.engine.diagnostics import RuleSetError
 from rules.engine.ruleset import load_ruleset
-from tests.support.files import edit
+from tests.support.files import edit, line_of
 
 
 def _errors(folder: Path) -> list[str]:
     with pytest.raises(RuleSetError) as caught:
         load_ruleset(folder)
     return [d.render() for d in caught.value.diagnostics]
-
-
-def _line_of(path: Path, needle: str) -> int:
-    return next(i for i, line in enumerate(path.read_text().splitlines(), 1) if needle in line)
 
 
 def test_bundled_catalogue_loads(catalog: Path) -> None:
@@ -32,7 +28,7 @@ def test_bundled_catalogue_loads(catalog: Path) -> None:
 def test_unknown_value_set_with_a_suggestion(catalog: Path) -> None:
     rule = catalog / "rf-ces-saddle-sensory-loss.yaml"
     edit(rule, "valueset: saddle-sensory-loss", "valueset: saddle-sensory-los")
-    line = _line_of(rule, "saddle-sensory-los,")
+    line = line_of(rule, "saddle-sensory-los,")
     errors = _errors(catalog)
     assert any(
         f"rf-ces-saddle-sensory-loss.yaml:{line}:" in e
@@ -99,17 +95,13 @@ def test_references_between_rules_are_checked(catalog: Path) -> None:
         "consolidate_into: rf-ces-sphincter-disturbance",
         "consolidate_into: rf-ces-sphincter",
     )
-    edit(
-        catalog / "rf-acute-motor-deficit.yaml",
-        "  - adv-self-management-nonspecific",
-        "  - adv-self-management",
-    )
+    edit(catalog / "rf-suspected-mscc.yaml", "  - rf-cancer-history", "  - rf-cancer-hist")
     errors = "\n".join(_errors(catalog))
     assert (
         "unknown rule 'rf-ces-sphincter'" in errors
         and "did you mean 'rf-ces-sphincter-disturbance'?" in errors
     )
-    assert "unknown rule 'adv-self-management'" in errors
+    assert "unknown rule 'rf-cancer-hist'" in errors and "did you mean 'rf-cancer-history'?" in errors
 
 
 def test_advice_cannot_suppress_a_red_flag(catalog: Path) -> None:
@@ -191,8 +183,8 @@ def test_an_order_less_urgent_than_its_summary_is_an_error(catalog: Path) -> Non
     trauma = catalog / "rf-recent-trauma.yaml"
     edit(trauma, 'order: "snomed:306254002", priority: stat', 'order: "snomed:306254002", priority: asap')
     errors = _errors(catalog)
-    mri = _line_of(fever, 'order: "loinc:24967-2"')
-    referral = _line_of(trauma, 'order: "snomed:306254002"')
+    mri = line_of(fever, 'order: "loinc:24967-2"')
+    referral = line_of(trauma, 'order: "snomed:306254002"')
     assert any(
         f"rf-fever-spinal-infection.yaml:{mri}:" in e
         and "says 'same day'" in e
@@ -223,23 +215,18 @@ def test_priority_at_raises_an_order_only_at_its_level(catalog: Path) -> None:
 
 def test_a_test_case_needs_a_now_of_its_own_or_from_the_file(catalog: Path) -> None:
     path = catalog / "rf-ces-sphincter-disturbance.yaml"
-    edit(path, "test_defaults:\n  now: 2026-11-21T10:00:00Z", "test_defaults:\n  records: []")
+    edit(path, "test_defaults:\n  now: 2026-11-21T10:00:00Z", "test_defaults:\n  # now: 2026-11-21T10:00:00Z")
     errors = _errors(catalog)
-    line = _line_of(path, "- name: a cauda equina syndrome diagnosed three weeks ago")
+    line = line_of(path, "- name: a cauda equina syndrome diagnosed three weeks ago")
     wanted = f"rf-ces-sphincter-disturbance.yaml:{line}:5: error: a test case needs 'now' (or the file's"
     assert any(wanted in e for e in errors), errors
 
 
 def test_test_defaults_give_now_patient_and_a_background_record(catalog: Path) -> None:
-    """The file's defaults: the case's own now and patient win; its records follow the shared ones."""
+    """The file's defaults: the case's own now and patient win; its records follow the shared ones, unless
+    it says ``background: false``."""
     path = catalog / "rf-ces-sphincter-disturbance.yaml"
-    edit(
-        path,
-        "test_defaults:\n  now: 2026-11-21T10:00:00Z",
-        "test_defaults:\n  now: 2026-11-21T10:00:00Z\n  patient: {age: 70}\n"
-        "  records:\n    - {Condition: snomed:279039007, date: -6d}",
-    )
-    edit(path, "    records:\n      - {Condition: snomed:279039007, date: -5w}\n", "    records:\n")
+    edit(path, "test_defaults:\n", "test_defaults:\n  patient: {age: 70}\n")
     edit(
         path,
         "    expect: {fired: true, indicator: critical}",
@@ -249,19 +236,26 @@ def test_test_defaults_give_now_patient_and_a_background_record(catalog: Path) -
     first, second = rule.tests[0], rule.tests[1]
     assert first.now == "2026-12-01T10:00:00Z" and second.now == "2026-11-21T10:00:00Z"
     assert first.patient is not None and first.patient.age == 70
-    assert first.records[0].kind() == ("Condition", "snomed:279039007")
-    assert len(first.records) == 2  # the background, then the case's own diagnosis
-    case_patient = next(case for case in rule.tests if case.name.startswith("new urinary retention"))
-    assert case_patient.patient is not None and case_patient.patient.age == 45
+    # background: false: only the case's own back pain (5 weeks) and diagnosis
+    assert [(r.kind(), r.date) for r in first.records] == [
+        (("Condition", "snomed:279039007"), "-5w"),
+        (("Condition", "snomed:192970008"), "-3w"),
+    ]
+    retention = next(case for case in rule.tests if case.name.startswith("new urinary retention"))
+    assert retention.patient is not None and retention.patient.age == 45
+    assert [(r.kind(), r.date) for r in retention.records] == [
+        (("Condition", "snomed:279039007"), "-6d"),  # the file's background comes first
+        (("Observation", "snomed:267064002"), "-1d"),
+    ]
 
 
 def test_a_bad_code_system_in_test_defaults_is_located(catalog: Path) -> None:
     path = catalog / "rf-ces-sphincter-disturbance.yaml"
     edit(
         path,
-        "test_defaults:\n  now: 2026-11-21T10:00:00Z",
-        "test_defaults:\n  now: 2026-11-21T10:00:00Z\n  records:\n    - {Condition: snowmed:279039007}",
+        "    - {Condition: snomed:279039007, date: -6d}",
+        "    - {Condition: snowmed:279039007, date: -6d}",
     )
-    line = _line_of(path, "snowmed:279039007")
+    line = line_of(path, "snowmed:279039007")
     errors = _errors(catalog)
     assert any(f"rf-ces-sphincter-disturbance.yaml:{line}:7: error: unknown code system" in e for e in errors)

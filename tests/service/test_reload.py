@@ -66,18 +66,18 @@ async def test_an_invalid_change_keeps_the_last_good_rules(settings_factory: Any
 async def test_a_change_that_breaks_the_rules_own_tests_never_goes_live(
     settings_factory: Any, catalog: Path
 ) -> None:
-    """The issue's edit: a fever threshold of 37.8 °C is valid YAML and a valid rule, but its own test
-    "37.9 °C is not a fever" fails, so the last good rules keep answering."""
+    """The issue's edit: a fever threshold of 37.8 °C (in the shared definition) is valid YAML and a valid
+    rule, but the rule's own test "37.9 °C is not a fever" fails, so the last good rules keep answering."""
     app = create_app(settings_factory(rules_dir=catalog, rules_watch=False))
     state = app.state.lumbar
     async with running(app) as client:
         before = state.catalogue
-        edit(catalog / "rf-fever-spinal-infection.yaml", "gte: 38.0, within: 7d", "gte: 37.8, within: 7d")
+        edit(catalog / "definitions.yaml", "gte: 38.0, within: 7d", "gte: 37.8, within: 7d")
         assert not await reload_rules(state, catalog)
         assert state.catalogue is before
         ready = (await client.get("/readyz")).json()
         metrics = (await client.get("/metrics")).text
-        edit(catalog / "rf-fever-spinal-infection.yaml", "gte: 37.8, within: 7d", "gte: 38.0, within: 7d")
+        edit(catalog / "definitions.yaml", "gte: 37.8, within: 7d", "gte: 38.0, within: 7d")
         assert await reload_rules(state, catalog)  # fixed: the same version as before, and healthy again
         after = (await client.get("/readyz")).json()["rules"]["reload"]
     assert ready["status"] == "ready"
@@ -92,7 +92,7 @@ async def test_a_change_that_breaks_the_rules_own_tests_never_goes_live(
 
 
 async def test_a_catalogue_whose_tests_fail_does_not_start(settings_factory: Any, catalog: Path) -> None:
-    edit(catalog / "rf-fever-spinal-infection.yaml", "gte: 38.0, within: 7d", "gte: 37.8, within: 7d")
+    edit(catalog / "definitions.yaml", "gte: 38.0, within: 7d", "gte: 37.8, within: 7d")
     with pytest.raises(RuleTestsFailed) as failed:
         create_app(settings_factory(rules_dir=catalog, rules_watch=False))
     assert any("37.9 °C is not a fever" in line for line in failed.value.failures)
