@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: run test lint rules-test fmt schema clean bench
+.PHONY: run test test-fast lint rules-test fmt schema clean bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ rules-test: $(VENV)/.stamp-test
 
 test: lint rules-test
 	$(BIN)/python -m pytest -q
+
+# The edit loop (well under a minute): everything but the end-to-end tests (real service processes) and
+# the in-process application tests (app and database per test). `make test` runs them all.
+test-fast: $(VENV)/.stamp-test
+	$(BIN)/python -m pytest -q -x -m "not e2e and not app"
 
 # The benchmark (docs/performance.md): the service against a bare FastAPI baseline, as ratios. Not a test.
 # Its own virtualenv holds the runtime dependencies only, as the container image does: test tools change

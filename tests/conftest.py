@@ -13,15 +13,27 @@ import pytest
 from fastapi import FastAPI
 
 from rules import BUNDLED_CATALOG
-from rules.engine.ruleset import RuleSet, load_ruleset
+from rules.engine.ruleset import RuleSet
 from service.settings import Settings
+from tests.support.catalogue import bundled_ruleset
 from tests.support.databases import throwaway_database
 from tests.support.fhir_server import FhirTestServer
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The two kinds of slow test, marked so ``make test-fast`` can leave them out (``make test`` runs all):
+    ``e2e`` (tests/e2e: real service processes) and ``app`` (the whole application in process, with its
+    database: every test that asks for settings or a database)."""
+    for item in items:
+        if "e2e" in Path(str(item.path)).parts:
+            item.add_marker(pytest.mark.e2e)
+        elif {"settings_factory", "database_url"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.app)
+
+
 @pytest.fixture(scope="session")
 def ruleset() -> RuleSet:
-    return load_ruleset(BUNDLED_CATALOG)
+    return bundled_ruleset()
 
 
 @pytest.fixture

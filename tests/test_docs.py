@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from rules import BUNDLED_CATALOG
-from rules.engine.ruleset import load_ruleset
 from service.settings import Settings
+from tests.support.catalogue import bundled_ruleset
 
 ROOT = Path(__file__).resolve().parent.parent
 SEEDS = ROOT.parent / "shared" / "seeds"
@@ -19,14 +19,14 @@ RULE_ID = re.compile(r"`((?:rf|dx|test|ref|adv)-[a-z0-9-]+)`")
 
 def test_every_rule_named_in_the_coverage_exists_and_every_rule_is_named() -> None:
     named = set(RULE_ID.findall(COVERAGE))
-    rules = set(load_ruleset(BUNDLED_CATALOG).by_id)
+    rules = set(bundled_ruleset().by_id)
     assert named - rules == set(), f"named but not in the catalogue: {sorted(named - rules)}"
     assert rules - named == set(), f"rules the coverage page never mentions: {sorted(rules - named)}"
 
 
 def test_a_misspelt_rule_would_be_caught() -> None:
     named = set(RULE_ID.findall(COVERAGE + " `rf-cauda-equina-typo` "))
-    assert "rf-cauda-equina-typo" in named - set(load_ruleset(BUNDLED_CATALOG).by_id)
+    assert "rf-cauda-equina-typo" in named - set(bundled_ruleset().by_id)
 
 
 def _s0_items() -> list[str]:
@@ -73,7 +73,7 @@ def test_data_contract_example(name: str, silent: str, rule_id: str, resources: 
     from cds_hooks.request import parse_hook_request
     from rules.engine.evaluate import evaluate
 
-    ruleset = load_ruleset(BUNDLED_CATALOG)
+    ruleset = bundled_ruleset()
     assert rule_id in ruleset.by_id
     listed = json.loads(resources)
     base = json.loads(EXAMPLES[0][3])  # the patient and the low back pain every example builds on

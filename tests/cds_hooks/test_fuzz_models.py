@@ -14,11 +14,10 @@ from pydantic import ValidationError
 from cds_hooks.outcome import outcome_from_validation
 from cds_hooks.request import parse_hook_request
 from cds_hooks.response import FEEDBACK
-from rules import BUNDLED_CATALOG
 from rules.engine.evaluate import evaluate
-from rules.engine.ruleset import load_ruleset
+from tests.support.catalogue import bundled_ruleset
 
-RULESET = load_ruleset(BUNDLED_CATALOG)
+RULESET = bundled_ruleset()
 CODES = [
     *sorted(RULESET.builder.relevant),
     ("http://snomed.info/sct", "75367002"),

@@ -9,14 +9,14 @@ from typing import Any
 import pytest
 
 from cds_hooks.request import parse_hook_request
-from rules import BUNDLED_CATALOG
 from rules.engine.evaluate import Evaluation, evaluate
 from rules.engine.pama import CONSULT_EXTENSION, RATING_EXTENSION
-from rules.engine.ruleset import RuleSet, load_ruleset
+from rules.engine.ruleset import RuleSet
 from rules.engine.selftest import run_case
 from tests.support import builders
+from tests.support.catalogue import bundled_ruleset
 
-_CATALOG = load_ruleset(BUNDLED_CATALOG)
+_CATALOG = bundled_ruleset()
 NOW = datetime(2026, 11, 21, 10, tzinfo=UTC)
 
 

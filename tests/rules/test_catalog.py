@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from rules import BUNDLED_CATALOG
-from rules.engine.ruleset import RuleSet, load_ruleset
+from rules.engine.ruleset import RuleSet
 from rules.engine.schema import Expectation
 from rules.engine.selftest import EXPECTATION_CHECKS, check_expectations, run_case
+from tests.support.catalogue import bundled_ruleset
 
-_CATALOG = load_ruleset(BUNDLED_CATALOG)
+_CATALOG = bundled_ruleset()
 CASES = [(rule.id, index) for rule in _CATALOG.rules for index in range(len(rule.tests))]
 
 

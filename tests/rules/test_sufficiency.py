@@ -17,14 +17,14 @@ import orjson
 import pytest
 
 from cds_hooks.response import Card
-from rules import BUNDLED_CATALOG
 from rules.engine import schema
 from rules.engine.diagnostics import RuleSetError
 from rules.engine.evaluate import Evaluation, evaluate
 from rules.engine.ruleset import CompiledRule, load_ruleset
 from rules.engine.selftest import case_request
+from tests.support.catalogue import bundled_ruleset
 
-CATALOG = load_ruleset(BUNDLED_CATALOG)
+CATALOG = bundled_ruleset()
 ACTIVE = {
     "coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]
 }
