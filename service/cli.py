@@ -144,7 +144,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     now = parse_fhir_datetime(args.now).start if args.now else datetime.now(UTC)
     evaluation, traces = explain(ruleset, request, now)
     print(f"hook {request.hook} at {now.isoformat()}, rule-set {ruleset.version}")
-    if not evaluation.has_context:
+    if not evaluation.has_back_pain:
         print("no low back pain in the record (knowledge base B4): no rule applies")
     for rule_id, verdict in evaluation.verdicts.items():
         if args.rule and rule_id not in args.rule:
@@ -159,7 +159,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         if verdict.error:
             line += f" ({verdict.error})"
         print(line)
-        if rule_id in traces and evaluation.has_context:
+        if rule_id in traces and evaluation.has_back_pain:
             print("\n".join(render_trace(traces[rule_id])))
     for note in evaluation.notes:
         print(f"note: {note}")

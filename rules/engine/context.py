@@ -46,7 +46,7 @@ class EvalContext:
     record: PatientRecord
     now: datetime
     hook: str
-    context: ValueSet
+    back_pain: ValueSet  # the gate value set, which also dates the pain episode
     rules: Mapping[str, CompiledRule]
     red_flag_rules: tuple[tuple[str, str], ...] = ()  # (rule id, the highest indicator it can reach)
     # For reassuring cards (``rules.engine.sufficiency``): the value sets the red-flag rules read, and the
@@ -89,7 +89,7 @@ class EvalContext:
     def resolve_episode(self) -> Episode | None:
         """The current low back pain episode, computed once per evaluation."""
         if not self._episode:
-            self._episode.append(self.record.episode(self.context))
+            self._episode.append(self.record.episode(self.back_pain))
         return self._episode[0]
 
 

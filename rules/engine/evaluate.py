@@ -1,6 +1,6 @@
 """``evaluate(ruleset, request, now)``: the pure heart of the service (no I/O, no clock, no random ids).
 
-Steps: normalise the record; apply the low-back-pain context gate (knowledge base B4); evaluate every
+Steps: normalise the record; apply the low-back-pain gate (knowledge base B4); evaluate every
 rule of the hook, each in isolation so one failing rule cannot hide another's card, with its escalations;
 apply precedence (``suppresses``, at the suppressor's effective indicator) and consolidation
 (``consolidate_into``); plan each card's orders (:mod:`suggestions`); rate draft imaging orders
@@ -52,7 +52,7 @@ class Evaluation:
     verdicts: dict[str, Verdict]
     notes: tuple[str, ...] = ()
     errors: dict[str, str] = field(default_factory=dict)
-    has_context: bool = True
+    has_back_pain: bool = True  # False: no low back pain in the record, so no rule acted
     system_actions: tuple[Action, ...] = ()
     # The rules each card is credited to, parallel to ``cards``: its topic's rule first, then every rule
     # whose evidence it shows (a merged cauda equina card is credited to each contributing rule).
@@ -100,7 +100,7 @@ def prepare(ruleset: RuleSet, request: HookRequest, now: datetime) -> EvalContex
         record,
         now,
         request.hook,
-        ruleset.context,
+        ruleset.back_pain,
         ruleset.by_id,
         ruleset.red_flag_ids,
         recognised=ruleset.recognised,
@@ -121,9 +121,9 @@ def evaluate(ruleset: RuleSet, request: HookRequest, now: datetime) -> Evaluatio
     """
     ctx = prepare(ruleset, request, now)
     record, hook = ctx.record, ctx.hook
-    if not record.has_context(ruleset.context):
+    if not record.has_back_pain(ruleset.back_pain):
         silent = _initial_verdicts(ruleset, None).copy()
-        return Evaluation((), silent, tuple(record.notes), has_context=False)
+        return Evaluation((), silent, tuple(record.notes), has_back_pain=False)
     present = record.present()
     results: dict[str, list[Evidence]] = {}
     levels: dict[str, str] = {}
@@ -214,8 +214,8 @@ def _card_plans(
     # Every card also cites the episode that gates it (B3/B4), or, with no dated pain record, what gives the
     # context at all.
     episode = ctx.resolve_episode()
-    context_evidence = (
-        [episode.evidence()] if episode is not None else ctx.record.context_evidence(ctx.context)[:3]
+    back_pain = (
+        [episode.evidence()] if episode is not None else ctx.record.back_pain_evidence(ctx.back_pain)[:3]
     )
     plans = []
     for owner, members in groups.items():
@@ -235,7 +235,7 @@ def _card_plans(
             evidence = doubts + evidence
         # the rules whose evidence the card shows: the owner first when it fired itself (attribution)
         rule_ids = sorted((rule.id for rule, _ in members), key=lambda rule_id: rule_id != owner)
-        plan = CardPlan(template, level, summary, rule_ids, evidence + context_evidence)
+        plan = CardPlan(template, level, summary, rule_ids, evidence + back_pain)
         plan.notes = [text for check, text in template.notes if check(ctx) is not None]
         if reassurance is not None and not doubts:
             plan.notes.append(sufficiency.checked_line(ctx))

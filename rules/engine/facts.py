@@ -27,7 +27,7 @@ INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpreta
 NEW_WINDOW = timedelta(days=14)
 PREEXISTING_AFTER = timedelta(days=90)
 EPISODE_GAP = timedelta(days=90)
-CONTEXT_OBSERVATION_WINDOW = timedelta(days=90)
+BACK_PAIN_WINDOW = timedelta(days=90)
 MEDICATION_RECENT_WINDOW = timedelta(days=90)
 CURRENT_OBSERVATION_WINDOW = timedelta(days=90)
 # Chronic low back pain is pain lasting 12 weeks or more (NICE NG59; ACP 2017).

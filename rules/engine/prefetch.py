@@ -77,7 +77,7 @@ def prefetch_templates(ruleset: RuleSet) -> dict[str, dict[str, str]]:
         findings: dict[str, set[CodeKey]] = {"Observation": set(), "Condition": set(), "Procedure": set()}
         medications: set[CodeKey] = set()
         orders: set[CodeKey] = set()
-        for vs in [ruleset.context, *(ruleset.valuesets[n] for rule in rules for n in rule.reads)]:
+        for vs in [ruleset.back_pain, *(ruleset.valuesets[n] for rule in rules for n in rule.reads)]:
             for resource_type in vs.resources:
                 findings[resource_type] |= vs.keys
         for rule in rules:

@@ -24,8 +24,8 @@ from cds_hooks.resources import (
     iter_resources,
 )
 from rules.engine.facts import (
+    BACK_PAIN_WINDOW,
     CHRONIC_AT_LEAST,
-    CONTEXT_OBSERVATION_WINDOW,
     CURRENT_OBSERVATION_WINDOW,
     EPISODE_GAP,
     MEDICATION_RECENT_WINDOW,
@@ -325,24 +325,22 @@ class PatientRecord:
             return last is not None and last >= self.now - MEDICATION_RECENT_WINDOW
         return False
 
-    # ---- the low back pain context and episode (Part B3, B4) ----------------------------------------
+    # ---- the low back pain gate and episode (Part B3, B4) -------------------------------------------
 
-    def context_evidence(self, context: ValueSet) -> list[Evidence]:
-        """What gives the low back pain context (Part B4): an active Condition, or an Observation present
+    def back_pain_evidence(self, back_pain: ValueSet) -> list[Evidence]:
+        """What shows low back pain (the gate, Part B4): an active Condition, or an Observation present
         within 90 days, of low back pain; or a draft order whose reason is low back pain."""
         found = [
             fact.evidence()
-            for fact in self.facts_in(context)
+            for fact in self.facts_in(back_pain)
             if fact.present
             and (
                 (fact.resource_type == "Condition" and fact.current)
-                or (
-                    fact.resource_type == "Observation" and self.seen_within(fact, CONTEXT_OBSERVATION_WINDOW)
-                )
+                or (fact.resource_type == "Observation" and self.seen_within(fact, BACK_PAIN_WINDOW))
             )
         ]
         for order in self.drafts:
-            reason = context.any_of(order.reasons)
+            reason = back_pain.any_of(order.reasons)
             if reason is not None:
                 found.append(
                     Evidence(
@@ -351,14 +349,14 @@ class PatientRecord:
                 )
         return found
 
-    def has_context(self, context: ValueSet) -> bool:
-        """Whether any record gives the low back pain context (see :meth:`context_evidence`)."""
-        return bool(self.context_evidence(context))
+    def has_back_pain(self, back_pain: ValueSet) -> bool:
+        """Whether the record shows the low back pain that gates every rule (:meth:`back_pain_evidence`)."""
+        return bool(self.back_pain_evidence(back_pain))
 
-    def episode(self, context: ValueSet) -> Episode | None:
+    def episode(self, back_pain: ValueSet) -> Episode | None:
         """The current episode: low back pain records merged across gaps of up to 90 days."""
         spans: list[tuple[datetime, datetime, Fact]] = []
-        for fact in self.facts_in(context):
+        for fact in self.facts_in(back_pain):
             if not fact.present or fact.onset is None:
                 continue
             end = (

@@ -43,7 +43,7 @@ from rules.engine.sufficiency import MEDICATION_TYPES, Reassurance, compile_reas
 from rules.engine.suggestions import Modifier
 from rules.engine.terminology import CodeKey, Terminology, ValueSet, ValueSetIndex
 
-CONTEXT_VALUESET = "low-back-pain"
+BACK_PAIN_VALUESET = "low-back-pain"
 """The value set that gates every rule (knowledge base Part B4) and defines the pain episode."""
 CHRONIC_VALUESET = "chronic-low-back-pain"
 """Pain recorded as chronic: the episode has lasted at least 12 weeks whatever the record's date."""
@@ -112,7 +112,7 @@ class RuleSet:
     by_id: dict[str, CompiledRule]
     valuesets: dict[str, ValueSet]
     terminology: Terminology
-    context: ValueSet
+    back_pain: ValueSet  # the gate: no rule acts without low back pain in the record (B4)
     builder: RecordBuilder
     version: str
     file_hashes: dict[str, str]
@@ -504,7 +504,7 @@ def _find_cycles(rules: dict[str, CompiledRule], key: str, edges: Any, diagnosti
 
 
 def _unused_valuesets(loader: Loader, rules: dict[str, CompiledRule], defined: set[str]) -> None:
-    used = {CONTEXT_VALUESET, CHRONIC_VALUESET}.union(*(rule.uses for rule in rules.values()))
+    used = {BACK_PAIN_VALUESET, CHRONIC_VALUESET}.union(*(rule.uses for rule in rules.values()))
     for name in sorted(defined - used):
         path = loader.directory / "valuesets" / f"{name}.yaml"
         loader.diagnostics.append(
@@ -589,14 +589,14 @@ def load_ruleset(directory: Path) -> RuleSet:
             loader.diagnostics.append(rule.document.diagnostic(("id",), f"duplicate rule id {rule.id!r}"))
             continue
         compiled[rule.id] = rule
-    context = valuesets.get(CONTEXT_VALUESET)
-    if context is None:
+    back_pain = valuesets.get(BACK_PAIN_VALUESET)
+    if back_pain is None:
         loader.diagnostics.append(
             Diagnostic(
                 loader.display(directory / "valuesets"),
                 1,
                 1,
-                f"missing value set {CONTEXT_VALUESET!r}, which gates every rule",
+                f"missing value set {BACK_PAIN_VALUESET!r}, which gates every rule",
             )
         )
     compiled = _precedence(compiled, tiers, tiers_document, shared, loader.diagnostics, failed)
@@ -608,14 +608,14 @@ def load_ruleset(directory: Path) -> RuleSet:
         _unused_shared(loader, compiled, shared, definitions_document, tiers_document)
     if any(d.severity == "error" for d in loader.diagnostics):
         raise RuleSetError(loader.diagnostics)
-    assert context is not None
+    assert back_pain is not None
     ordered = sorted(compiled.values(), key=lambda r: (-INDICATOR_ORDER[r.max_indicator], r.id))
     digest = hashlib.sha256(
         # by the paths inside the catalogue: replicas started from other folders report the same version
         "".join(f"{k}:{v}\n" for k, v in sorted(loader.by_name.items())).encode()
     ).hexdigest()
     builder = RecordBuilder(
-        _relevant_codes(ordered, valuesets, context),
+        _relevant_codes(ordered, valuesets, back_pain),
         ValueSetIndex.build(valuesets, frozenset().union(*(rule.reads_medications for rule in ordered))),
         valuesets.get(CHRONIC_VALUESET),
     )
@@ -624,7 +624,7 @@ def load_ruleset(directory: Path) -> RuleSet:
         {r.id: r for r in ordered},
         valuesets,
         terminology,
-        context,
+        back_pain,
         builder,
         digest[:16],
         dict(loader.hashes),
@@ -636,9 +636,9 @@ def load_ruleset(directory: Path) -> RuleSet:
 
 
 def _relevant_codes(
-    rules: list[CompiledRule], valuesets: dict[str, ValueSet], context: ValueSet
+    rules: list[CompiledRule], valuesets: dict[str, ValueSet], back_pain: ValueSet
 ) -> frozenset[CodeKey]:
-    keys: set[CodeKey] = set(context.keys)
+    keys: set[CodeKey] = set(back_pain.keys)
     for rule in rules:
         for name in rule.reads | rule.reads_medications | rule.reads_orders:
             keys |= valuesets[name].keys

@@ -152,7 +152,7 @@ def _record(state: AppState, evaluation: Evaluation, service_id: str, hook: str,
         hook=hook,
         cards=len(evaluation.cards),
         fired=fired,
-        context=evaluation.has_context,
+        context=evaluation.has_back_pain,
         duration_ms=round(elapsed * 1000, 2),
     )
 

@@ -152,7 +152,7 @@ def test_the_sandbox_pama_shape_is_accepted(ruleset: RuleSet) -> None:
         Path(__file__).resolve().parent.parent / "fixtures" / "sandbox-pama-order-select.json"
     ).read_bytes()
     evaluation = evaluate(ruleset, parse_hook_request(body), NOW)
-    assert evaluation.has_context  # the draft order's reason, low back pain, is the context
+    assert evaluation.has_back_pain  # the draft order's reason, low back pain, is the context
     assert evaluation.errors == {}
 
 

@@ -111,7 +111,7 @@ def test_no_low_back_pain_no_cards(ruleset: RuleSet) -> None:
         ruleset, _request([builders.patient(), builders.finding("r", "267064002", "2026-11-20")]), NOW
     )
     assert evaluation.cards == ()
-    assert not evaluation.has_context
+    assert not evaluation.has_back_pain
     assert {v.status for v in evaluation.verdicts.values()} == {"no-context"}
 
 

@@ -78,7 +78,7 @@ def test_episode_merges_records_less_than_90_days_apart(ruleset: RuleSet) -> Non
         builders.finding("c", "279039007", "2026-11-01"),
     ]
     record = _record(ruleset, records)
-    episode = record.episode(ruleset.context)
+    episode = record.episode(ruleset.back_pain)
     assert episode is not None
     assert episode.first.reference == "Observation/b"
     assert episode.length.days == 81
@@ -86,7 +86,7 @@ def test_episode_merges_records_less_than_90_days_apart(ruleset: RuleSet) -> Non
 
 def test_an_active_condition_spans_until_now(ruleset: RuleSet) -> None:
     record = _record(ruleset, [builders.condition("c", "278860009", "2025-05-01")])
-    episode = record.episode(ruleset.context)
+    episode = record.episode(ruleset.back_pain)
     assert episode is not None and episode.length.days > 500
 
 
@@ -94,10 +94,10 @@ def test_no_episode_without_dates_and_no_context_without_pain(ruleset: RuleSet) 
     undated = builders.condition("c", "279039007", "2026-11-01")
     del undated["onsetDateTime"], undated["recordedDate"]
     record = _record(ruleset, [undated])
-    assert record.has_context(ruleset.context)
-    assert record.episode(ruleset.context) is None
-    assert not _record(ruleset, [builders.finding("ret", "267064002", "2026-11-20")]).has_context(
-        ruleset.context
+    assert record.has_back_pain(ruleset.back_pain)
+    assert record.episode(ruleset.back_pain) is None
+    assert not _record(ruleset, [builders.finding("ret", "267064002", "2026-11-20")]).has_back_pain(
+        ruleset.back_pain
     )
 
 
@@ -118,7 +118,7 @@ def test_draft_order_reason_asserts_the_context(ruleset: RuleSet) -> None:
         draftOrders={"resourceType": "Bundle", "entry": [{"resource": draft}]},
     )
     record = PatientRecord.from_request(parse_hook_request(json.dumps(body)), ruleset.builder, NOW)
-    assert record.has_context(ruleset.context)
+    assert record.has_back_pain(ruleset.back_pain)
 
 
 def test_builder_indexes_only_relevant_codes() -> None:
