@@ -57,7 +57,7 @@ bench: $(BENCH_VENV)/.stamp
 
 # Regenerate the JSON Schemas editors use for rule files (a test checks they are current).
 schema: $(VENV)/.stamp-run
-	$(BIN)/python -m rules.engine.jsonschema --write
+	$(BIN)/python -m rules.engine.model.jsonschema --write
 
 fmt: $(VENV)/.stamp-test
 	$(BIN)/ruff check --fix cds_hooks rules service tests bench

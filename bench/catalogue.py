@@ -15,7 +15,7 @@ import re
 import shutil
 from pathlib import Path
 
-from rules.engine.ruleset import NOT_RULES
+from rules.engine import NOT_RULES
 
 
 def rule_files(catalogue: Path) -> list[Path]:

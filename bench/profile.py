@@ -63,7 +63,7 @@ def start(pid: int, duration_s: int, output: Path, rate: int = 200) -> subproces
 
 
 def _short(file: str) -> str:
-    """A source path from the package on: ``rules/engine/record.py``, ``starlette/routing.py``."""
+    """A source path from the package on: ``rules/engine/record/patient.py``, ``starlette/routing.py``."""
     parts = Path(file).parts
     for index, part in enumerate(parts):
         if part in PACKAGES or part.startswith("python3."):

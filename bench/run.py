@@ -169,8 +169,7 @@ def inprocess(bodies: dict[str, bytes], plan: Plan, work: Path) -> tuple[dict[st
     does."""
     from cds_hooks.request import parse_hook_request
     from rules import BUNDLED_CATALOG
-    from rules.engine.evaluate import evaluate, prepare
-    from rules.engine.ruleset import load_ruleset
+    from rules.engine import evaluate, load_ruleset, prepare
 
     copies_dir = work / f"catalog-{plan.copies}x"
     rules_10x = catalogue.replicate(BUNDLED_CATALOG, copies_dir, plan.copies)

@@ -22,7 +22,7 @@ from typing import Literal
 
 import structlog
 
-from rules.engine.evaluate import Evaluation
+from rules.engine import Evaluation
 from service.metrics import Metrics
 from service.storage.database import Database
 

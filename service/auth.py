@@ -28,7 +28,7 @@ from joserfc.jwk import KeySet
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from cds_hooks.jwt import AuthenticationError, JwksCache, TrustedClient, verify_client_jwt
-from rules.engine.source import read_yaml
+from rules.engine import read_yaml
 
 log = structlog.get_logger("lumbar.auth")
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})

@@ -13,8 +13,7 @@ from pathlib import Path
 import orjson
 
 from cds_hooks.response import CdsService, Discovery
-from rules.engine.ruleset import RuleSet, load_ruleset
-from rules.engine.selftest import failing_cases
+from rules.engine import RuleSet, failing_cases, load_ruleset
 
 
 @dataclass(frozen=True)

@@ -23,12 +23,17 @@ from pydantic import ValidationError
 from cds_hooks.fhirtime import parse_fhir_datetime
 from cds_hooks.outcome import outcome_from_validation
 from cds_hooks.request import parse_hook_request
-from rules.engine.diagnostics import Diagnostic, RuleSetError, render_all
-from rules.engine.explain import explain
-from rules.engine.explain import render as render_trace
-from rules.engine.icd10cm import check_icd
-from rules.engine.ruleset import RuleSet, load_ruleset
-from rules.engine.selftest import run_tests
+from rules.engine import (
+    Diagnostic,
+    RuleSet,
+    RuleSetError,
+    check_icd,
+    explain,
+    load_ruleset,
+    render_all,
+    render_trace,
+    run_tests,
+)
 from service.catalogue import RuleTestsFailed, load_tested
 from service.settings import Settings
 

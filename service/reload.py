@@ -23,7 +23,7 @@ from pathlib import Path
 import structlog
 from watchfiles import awatch
 
-from rules.engine.diagnostics import RuleSetError
+from rules.engine import RuleSetError
 from service import collector
 from service.catalogue import RuleTestsFailed, build_catalogue, load_tested
 from service.state import AppState

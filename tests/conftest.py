@@ -13,7 +13,7 @@ import pytest
 from fastapi import FastAPI
 
 from rules import BUNDLED_CATALOG
-from rules.engine.ruleset import RuleSet
+from rules.engine.compiler.ruleset import RuleSet
 from service.settings import Settings
 from tests.support.catalogue import bundled_ruleset
 from tests.support.databases import throwaway_database

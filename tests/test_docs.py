@@ -71,7 +71,7 @@ def test_data_contract_example(name: str, silent: str, rule_id: str, resources: 
     from datetime import UTC, datetime
 
     from cds_hooks.request import parse_hook_request
-    from rules.engine.evaluate import evaluate
+    from rules.engine.evaluation.evaluate import evaluate
 
     ruleset = bundled_ruleset()
     assert rule_id in ruleset.by_id

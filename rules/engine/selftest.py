@@ -19,12 +19,12 @@ import orjson
 from cds_hooks.fhirtime import parse_fhir_datetime
 from cds_hooks.request import HookRequest, parse_hook_request
 from cds_hooks.response import Action, Card
-from rules.engine.context import parse_duration
-from rules.engine.evaluate import Evaluation, Verdict, evaluate
-from rules.engine.pama import RATING_EXTENSION
-from rules.engine.ruleset import CompiledRule, RuleSet
-from rules.engine.schema import RecordSpec, TestCase
-from rules.engine.terminology import Terminology
+from rules.engine.codes.terminology import Terminology
+from rules.engine.compiler.context import parse_duration
+from rules.engine.compiler.ruleset import CompiledRule, RuleSet
+from rules.engine.evaluation.evaluate import Evaluation, Verdict, evaluate
+from rules.engine.evaluation.pama import RATING_EXTENSION
+from rules.engine.model.schema import RecordSpec, TestCase
 
 UCUM = "http://unitsofmeasure.org"
 _CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
@@ -440,7 +440,7 @@ EXPECTATION_CHECKS: dict[str, Checker] = {
     "detail_contains": _check_detail_contains,
     "cards": _check_cards,
 }
-"""Each field of :class:`~rules.engine.schema.Expectation` and its checker: one entry per field (a test
+"""Each field of :class:`~rules.engine.model.schema.Expectation` and its checker: one entry per field (a test
 holds the two together), so nothing a case may expect goes unchecked."""
 
 

@@ -16,7 +16,7 @@ from cds_hooks.outcome import outcome_issue, outcome_of
 from cds_hooks.request import HookRequest, parse_hook_request
 from cds_hooks.resources import Resource
 from cds_hooks.response import FEEDBACK
-from rules.engine.evaluate import Evaluation, evaluate
+from rules.engine import Evaluation, evaluate
 from service import collector
 from service.audit import AuditRecord, from_evaluation
 from service.catalogue import Catalogue

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from cds_hooks.outcome import outcome_from_validation
 from cds_hooks.request import parse_hook_request
 from cds_hooks.response import FEEDBACK
-from rules.engine.evaluate import evaluate
+from rules.engine.evaluation.evaluate import evaluate
 from tests.support.catalogue import bundled_ruleset
 
 RULESET = bundled_ruleset()

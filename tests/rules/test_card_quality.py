@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from cds_hooks.request import parse_hook_request
-from rules.engine.evaluate import Evaluation, evaluate
-from rules.engine.pama import CONSULT_EXTENSION, RATING_EXTENSION
-from rules.engine.ruleset import RuleSet
+from rules.engine.compiler.ruleset import RuleSet
+from rules.engine.evaluation.evaluate import Evaluation, evaluate
+from rules.engine.evaluation.pama import CONSULT_EXTENSION, RATING_EXTENSION
 from rules.engine.selftest import run_case
 from tests.support import builders
 from tests.support.catalogue import bundled_ruleset
@@ -160,7 +160,7 @@ def test_card_ids_are_the_standard_version_5_uuids() -> None:
     """The fast ``uuid5_text`` gives exactly ``uuid.uuid5`` (ids stay stable across versions)."""
     import uuid
 
-    from rules.engine.cards import UUID_NAMESPACE, uuid5_text
+    from rules.engine.evaluation.cards import UUID_NAMESPACE, uuid5_text
 
     for name in ("", "a", "0f0e0d0c-0b0a-4909-8807-060504030201|rf-ces-sphincter-disturbance", "ü" * 300):
         assert uuid5_text(UUID_NAMESPACE, name) == str(uuid.uuid5(UUID_NAMESPACE, name))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from rules.engine.ruleset import RuleSet
-from rules.engine.schema import Expectation
+from rules.engine.compiler.ruleset import RuleSet
+from rules.engine.model.schema import Expectation
 from rules.engine.selftest import EXPECTATION_CHECKS, check_expectations, run_case
 from tests.support.catalogue import bundled_ruleset
 

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from cds_hooks.request import parse_hook_request
-from rules.engine.evaluate import evaluate
-from rules.engine.ruleset import RuleSet
+from rules.engine.compiler.ruleset import RuleSet
+from rules.engine.evaluation.evaluate import evaluate
 from tests.support import builders
 
 NOW = datetime(2026, 11, 21, 10, tzinfo=UTC)
@@ -145,10 +145,10 @@ def test_a_suggestion_moved_to_another_card_stays_recommended(ruleset: RuleSet) 
 
 
 def test_an_open_order_is_not_suggested_again_however_old_except_in_an_emergency() -> None:
-    from rules.engine.cards import OrderTemplate, PlannedOrder
-    from rules.engine.facts import OrderFact
-    from rules.engine.record import PatientRecord
-    from rules.engine.suggestions import existing_order
+    from rules.engine.evaluation.cards import OrderTemplate, PlannedOrder
+    from rules.engine.evaluation.suggestions import existing_order
+    from rules.engine.record.facts import OrderFact
+    from rules.engine.record.patient import PatientRecord
 
     mri = ("http://loinc.org", "30679-5")
     planned = PlannedOrder(

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from rules.engine.diagnostics import Diagnostic
-from rules.engine.icd10cm import _by_prefix, _codes, check_icd, description, official_members
-from rules.engine.terminology import icd_in, icd_span
+from rules.engine.codes.icd10cm import _by_prefix, _codes, check_icd, description, official_members
+from rules.engine.codes.terminology import icd_in, icd_span
+from rules.engine.model.diagnostics import Diagnostic
 
 WHERE = Diagnostic("rules/catalog/valuesets/x.yaml", 7, 5, "")
 

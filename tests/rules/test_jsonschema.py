@@ -9,8 +9,8 @@ import jsonschema
 import pytest
 
 from rules import BUNDLED_CATALOG
-from rules.engine.jsonschema import SCHEMA_DIR, generate
-from rules.engine.source import read_yaml
+from rules.engine.model.jsonschema import SCHEMA_DIR, generate
+from rules.engine.model.source import read_yaml
 
 
 def test_committed_schemas_are_current() -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from rules import BUNDLED_CATALOG
-from rules.engine.diagnostics import RuleSetError
-from rules.engine.ruleset import load_ruleset
+from rules.engine.compiler.ruleset import load_ruleset
+from rules.engine.model.diagnostics import RuleSetError
 from tests.support.files import edit, line_of
 
 

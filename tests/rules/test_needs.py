@@ -10,13 +10,13 @@ from datetime import UTC, datetime, timedelta
 import orjson
 
 from cds_hooks.request import parse_hook_request
-from rules.engine import schema
-from rules.engine.conditions import _needs
-from rules.engine.evaluate import evaluate, prepare
-from rules.engine.facts import MEDICATIONS, ORDERS, Fact
-from rules.engine.ruleset import RuleSet
+from rules.engine.codes.terminology import ICD10CM, ValueSet, icd_compact, icd_in
+from rules.engine.compiler.conditions import _needs
+from rules.engine.compiler.ruleset import RuleSet
+from rules.engine.evaluation.evaluate import evaluate, prepare
+from rules.engine.model import schema
+from rules.engine.record.facts import MEDICATIONS, ORDERS, Fact
 from rules.engine.selftest import case_request
-from rules.engine.terminology import ICD10CM, ValueSet, icd_compact, icd_in
 from tests.support import builders
 
 NOW = datetime(2026, 11, 21, 10, tzinfo=UTC)

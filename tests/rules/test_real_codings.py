@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from cds_hooks.request import parse_hook_request
-from rules.engine.evaluate import Evaluation, evaluate
-from rules.engine.ruleset import RuleSet
+from rules.engine.compiler.ruleset import RuleSet
+from rules.engine.evaluation.evaluate import Evaluation, evaluate
 from tests.support import builders
 
 NOW = datetime(2026, 11, 21, 10, tzinfo=UTC)

@@ -20,8 +20,8 @@ import pytest
 
 from cds_hooks.fhirtime import parse_fhir_datetime
 from cds_hooks.request import HookRequest, parse_hook_request
-from rules.engine.evaluate import Evaluation, evaluate
-from rules.engine.ruleset import RuleSet
+from rules.engine.compiler.ruleset import RuleSet
+from rules.engine.evaluation.evaluate import Evaluation, evaluate
 
 CORPUS = Path(__file__).resolve().parents[1] / "fixtures" / "real-patients"
 EXPECTED: dict[str, dict[str, Any]] = json.loads((CORPUS / "expected.json").read_text())

@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cds_hooks.request import parse_hook_request
-from rules.engine.normalise import RecordBuilder
-from rules.engine.record import PatientRecord
-from rules.engine.ruleset import RuleSet
+from rules.engine.compiler.ruleset import RuleSet
+from rules.engine.record.normalise import RecordBuilder
+from rules.engine.record.patient import PatientRecord
 from tests.support import builders
 
 NOW = datetime(2026, 11, 21, 10, tzinfo=UTC)

@@ -9,9 +9,9 @@ from collections import Counter
 import pytest
 
 from rules import BUNDLED_CATALOG
-from rules.engine import conditions
-from rules.engine.evaluate import Evaluation, evaluate, prepare
-from rules.engine.ruleset import RuleSet, load_ruleset
+from rules.engine.compiler import conditions
+from rules.engine.compiler.ruleset import RuleSet, load_ruleset
+from rules.engine.evaluation.evaluate import Evaluation, evaluate, prepare
 from rules.engine.selftest import case_request
 
 SHARED = "finding: {valueset: saddle-sensory-loss, new: true}"  # asked by two cauda equina rules

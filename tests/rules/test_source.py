@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rules.engine.source import SourceDocument, read_yaml
+from rules.engine.model.source import SourceDocument, read_yaml
 
 
 def _read(text: str) -> SourceDocument:

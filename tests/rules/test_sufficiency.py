@@ -17,10 +17,10 @@ import orjson
 import pytest
 
 from cds_hooks.response import Card
-from rules.engine import schema
-from rules.engine.diagnostics import RuleSetError
-from rules.engine.evaluate import Evaluation, evaluate
-from rules.engine.ruleset import CompiledRule, load_ruleset
+from rules.engine.compiler.ruleset import CompiledRule, load_ruleset
+from rules.engine.evaluation.evaluate import Evaluation, evaluate
+from rules.engine.model import schema
+from rules.engine.model.diagnostics import RuleSetError
 from rules.engine.selftest import case_request
 from tests.support.catalogue import bundled_ruleset
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rules.engine.units import canonical_unit, convert
+from rules.engine.codes.units import canonical_unit, convert
 
 
 @pytest.mark.parametrize(

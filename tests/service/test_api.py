@@ -277,7 +277,7 @@ async def test_openapi_describes_the_raw_body_endpoints(settings_factory: Any) -
 
 
 def test_invalid_catalogue_refuses_to_start(settings_factory: Any, tmp_path: Path) -> None:
-    from rules.engine.diagnostics import RuleSetError
+    from rules.engine.model.diagnostics import RuleSetError
 
     (tmp_path / "rules").mkdir()
     with pytest.raises(RuleSetError):

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from rules.engine.ruleset import RuleSet
+from rules.engine.compiler.ruleset import RuleSet
 from service.demo_fhir import BUNDLED_DEMO, DemoDataError, load_demo, shift_dates
 from tests.support import builders
 from tests.support.live import live_demo_fhir

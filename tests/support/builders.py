@@ -161,7 +161,7 @@ def hook_request(
 
 
 def _bundled_keys() -> tuple[str, ...]:
-    from rules.engine.ruleset import load_ruleset  # only where a test needs the keys
+    from rules.engine.compiler.ruleset import load_ruleset  # only where a test needs the keys
 
     catalogue = Path(__file__).resolve().parents[2] / "rules" / "catalog"
     return tuple(load_ruleset(catalogue).prefetch["patient-view"])

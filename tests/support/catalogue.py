@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import cache
 
 from rules import BUNDLED_CATALOG
-from rules.engine.ruleset import RuleSet, load_ruleset
+from rules.engine.compiler.ruleset import RuleSet, load_ruleset
 
 
 @cache

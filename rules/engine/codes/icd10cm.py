@@ -2,7 +2,7 @@
 
 The CMS release comes with the PyPI package ``simple-icd-10-cm``. It takes seconds to load, so it is read
 only here, by ``lumbar check``, never when the service starts: the service matches spans by the prefix
-order that :func:`rules.engine.terminology.icd_in` defines, and this check proves that order agrees with
+order that :func:`rules.engine.codes.terminology.icd_in` defines, and this check proves that order agrees with
 the official one for every span written in the catalogue.
 """
 
@@ -14,8 +14,8 @@ from collections.abc import Iterable
 from functools import cache
 from typing import Any
 
-from rules.engine.diagnostics import Diagnostic
-from rules.engine.terminology import IcdSpan, icd_compact, icd_dotted, icd_in, icd_span
+from rules.engine.codes.terminology import IcdSpan, icd_compact, icd_dotted, icd_in, icd_span
+from rules.engine.model.diagnostics import Diagnostic
 
 
 @cache

@@ -22,9 +22,9 @@ import orjson
 from pydantic import ValidationError
 
 from cds_hooks.response import Action, Card, Coding, Link, Source, Suggestion
-from rules.engine.context import INDICATOR_ORDER, Check
-from rules.engine.facts import Evidence, OrderFact
-from rules.engine.terminology import CodeKey, Terminology, ValueSet
+from rules.engine.codes.terminology import CodeKey, Terminology, ValueSet
+from rules.engine.compiler.context import INDICATOR_ORDER, Check
+from rules.engine.record.facts import Evidence, OrderFact
 
 RULE_SYSTEM = "urn:lumbar-cds:rule"
 OVERRIDE_SYSTEM = "urn:lumbar-cds:override-reason"

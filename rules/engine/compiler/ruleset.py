@@ -22,10 +22,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from rules.engine import schema
-from rules.engine.cards import CardTemplate
-from rules.engine.conditions import check_definitions, compile_condition
-from rules.engine.context import (
+from rules.engine.codes.terminology import CodeKey, Terminology, ValueSet, ValueSetIndex
+from rules.engine.compiler.conditions import check_definitions, compile_condition
+from rules.engine.compiler.context import (
     INDICATOR_ORDER,
     Check,
     CompileEnv,
@@ -34,14 +33,15 @@ from rules.engine.context import (
     EvalContext,
     Needs,
 )
-from rules.engine.diagnostics import Diagnostic, RuleSetError, cycles, did_you_mean
-from rules.engine.loader import CompiledEscalation, Loader
-from rules.engine.normalise import RecordBuilder
-from rules.engine.prefetch import prefetch_templates
-from rules.engine.source import SourceDocument
-from rules.engine.sufficiency import MEDICATION_TYPES, Reassurance, compile_reassurance
-from rules.engine.suggestions import Modifier
-from rules.engine.terminology import CodeKey, Terminology, ValueSet, ValueSetIndex
+from rules.engine.compiler.prefetch import prefetch_templates
+from rules.engine.evaluation.cards import CardTemplate
+from rules.engine.evaluation.sufficiency import MEDICATION_TYPES, Reassurance, compile_reassurance
+from rules.engine.evaluation.suggestions import Modifier
+from rules.engine.model import schema
+from rules.engine.model.diagnostics import Diagnostic, RuleSetError, cycles, did_you_mean
+from rules.engine.model.loader import CompiledEscalation, Loader
+from rules.engine.model.source import SourceDocument
+from rules.engine.record.normalise import RecordBuilder
 
 BACK_PAIN_VALUESET = "low-back-pain"
 """The value set that gates every rule (knowledge base Part B4) and defines the pain episode."""
@@ -78,7 +78,9 @@ class CompiledRule:
     descriptions: dict[Check, Description] = field(default_factory=dict)
     uses: frozenset[str] = frozenset()  # every value set the rule names
     needs: Needs = ()  # what ``when`` needs in the record to be true at all (see ``context.Needs``)
-    reassurance: Reassurance | None = None  # given only on sufficient data (``rules.engine.sufficiency``)
+    reassurance: Reassurance | None = (
+        None  # given only on sufficient data (``rules.engine.evaluation.sufficiency``)
+    )
     tier: str | None = None  # its precedence tier (precedence.yaml)
 
     def may_fire(self, present: frozenset[str]) -> bool:

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from rules.engine.cards import PRIORITY_RANK, CardPlan, OrderTemplate, PlannedOrder
-from rules.engine.context import INDICATOR_ORDER, EvalContext
-from rules.engine.facts import OrderFact
-from rules.engine.record import PatientRecord
-from rules.engine.terminology import CodeKey, Terminology
+from rules.engine.codes.terminology import CodeKey, Terminology
+from rules.engine.compiler.context import INDICATOR_ORDER, EvalContext
+from rules.engine.evaluation.cards import PRIORITY_RANK, CardPlan, OrderTemplate, PlannedOrder
+from rules.engine.record.facts import OrderFact
+from rules.engine.record.patient import PatientRecord
 
 
 @dataclass(frozen=True)

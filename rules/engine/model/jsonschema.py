@@ -15,9 +15,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from rules.engine import schema
+from rules.engine.model import schema
 
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schema"
+SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schema"
 _FILES: dict[str, type[BaseModel]] = {
     "rule.schema.json": schema.RuleFile,
     "valueset.schema.json": schema.ValueSetFile,

@@ -13,21 +13,7 @@ import orjson
 from pydantic import ValidationError
 
 from cds_hooks.response import Link, Source
-from rules.engine import schema
-from rules.engine.cards import (
-    PRIORITY_RANK,
-    CardTemplate,
-    OrderTemplate,
-    SuggestionTemplate,
-    build_service_request,
-    card_links,
-)
-from rules.engine.conditions import compile_condition
-from rules.engine.context import INDICATOR_ORDER, Check, CompileEnv, DataPath, parse_duration
-from rules.engine.diagnostics import Diagnostic, did_you_mean
-from rules.engine.source import SourceDocument, read_yaml
-from rules.engine.suggestions import Modifier
-from rules.engine.terminology import (
+from rules.engine.codes.terminology import (
     ICD10CM,
     LOINC,
     SNOMED,
@@ -39,6 +25,20 @@ from rules.engine.terminology import (
     normal_key,
     verhoeff_ok,
 )
+from rules.engine.compiler.conditions import compile_condition
+from rules.engine.compiler.context import INDICATOR_ORDER, Check, CompileEnv, DataPath, parse_duration
+from rules.engine.evaluation.cards import (
+    PRIORITY_RANK,
+    CardTemplate,
+    OrderTemplate,
+    SuggestionTemplate,
+    build_service_request,
+    card_links,
+)
+from rules.engine.evaluation.suggestions import Modifier
+from rules.engine.model import schema
+from rules.engine.model.diagnostics import Diagnostic, did_you_mean
+from rules.engine.model.source import SourceDocument, read_yaml
 
 PRIORITIES = ("stat", "asap", "urgent", "routine")
 # Never a similar-looking code as a hint: it would name a different clinical concept.

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from rules.engine.diagnostics import Diagnostic
+from rules.engine.model.diagnostics import Diagnostic
 
 DataPath = tuple[str | int, ...]
 

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from cds_hooks.fhirtime import FhirInstantRange
-from rules.engine.terminology import CodeKey
+from rules.engine.codes.terminology import CodeKey
 
 MEDICATIONS = "@medications"
 """The atom of a rule's needs (``context.Needs``) met by any medication in the record."""

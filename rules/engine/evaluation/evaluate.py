@@ -20,14 +20,14 @@ from typing import Any, Literal
 
 from cds_hooks.request import HookRequest
 from cds_hooks.response import Action, Card, CdsResponse, Coding, Source
-from rules.engine import sufficiency
-from rules.engine.cards import RULE_SYSTEM, CardPlan, override_reasons, render_card
-from rules.engine.context import INDICATOR_ORDER, EvalContext
-from rules.engine.facts import Evidence
-from rules.engine.pama import RATING_BY_VERDICT, rating_action
-from rules.engine.record import PatientRecord
-from rules.engine.ruleset import CompiledRule, RuleSet
-from rules.engine.suggestions import plan_suggestions
+from rules.engine.compiler.context import INDICATOR_ORDER, EvalContext
+from rules.engine.compiler.ruleset import CompiledRule, RuleSet
+from rules.engine.evaluation import sufficiency
+from rules.engine.evaluation.cards import RULE_SYSTEM, CardPlan, override_reasons, render_card
+from rules.engine.evaluation.pama import RATING_BY_VERDICT, rating_action
+from rules.engine.evaluation.suggestions import plan_suggestions
+from rules.engine.record.facts import Evidence
+from rules.engine.record.patient import PatientRecord
 
 Status = Literal["fired", "silent", "suppressed", "error", "not-applicable", "no-context"]
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from rules.engine import queries, schema
-from rules.engine.context import (
+from rules.engine.compiler import queries
+from rules.engine.compiler.context import (
     INDICATOR_ORDER,
     Check,
     CompileEnv,
@@ -26,8 +26,9 @@ from rules.engine.context import (
     Needs,
     parse_duration,
 )
-from rules.engine.diagnostics import cycles, did_you_mean
-from rules.engine.facts import MEDICATIONS, ORDERS, Evidence
+from rules.engine.model import schema
+from rules.engine.model.diagnostics import cycles, did_you_mean
+from rules.engine.record.facts import MEDICATIONS, ORDERS, Evidence
 
 
 def compile_condition(node: schema.Condition, path: DataPath, env: CompileEnv) -> Check:

@@ -14,8 +14,8 @@ from __future__ import annotations
 from typing import Any
 
 from cds_hooks.response import Action
-from rules.engine.cards import stable_uuid
-from rules.engine.facts import OrderFact
+from rules.engine.evaluation.cards import stable_uuid
+from rules.engine.record.facts import OrderFact
 
 RATING_EXTENSION = "http://fhir.org/argonaut/Extension/pama-rating"
 RATING_SYSTEM = "http://fhir.org/argonaut/CodeSystem/pama-rating"

@@ -23,7 +23,8 @@ from cds_hooks.resources import (
     ServiceRequest,
     iter_resources,
 )
-from rules.engine.facts import (
+from rules.engine.codes.terminology import CodeKey, ValueSet, ValueSetIndex
+from rules.engine.record.facts import (
     BACK_PAIN_WINDOW,
     CHRONIC_AT_LEAST,
     CURRENT_OBSERVATION_WINDOW,
@@ -39,7 +40,7 @@ from rules.engine.facts import (
     MedicationFact,
     OrderFact,
 )
-from rules.engine.normalise import (
+from rules.engine.record.normalise import (
     TEXT_ONLY,
     RecordBuilder,
     condition_fact,
@@ -52,7 +53,6 @@ from rules.engine.normalise import (
     request_order,
     unnamed_condition,
 )
-from rules.engine.terminology import CodeKey, ValueSet, ValueSetIndex
 
 _MEDICATION_CURRENT = frozenset({"active", "intended", "on-hold"})
 _MEDICATION_RECENT = frozenset({"completed", "stopped"})
@@ -103,7 +103,7 @@ class PatientRecord:
     index: ValueSetIndex = field(default_factory=ValueSetIndex)
     chronic: ValueSet | None = None  # pain recorded as chronic (see :meth:`episode`)
     # What was received (resources by type) and what could not be read (resource type -> why), for the
-    # sufficiency of reassuring cards (``rules.engine.sufficiency``); Conditions carrying no words.
+    # sufficiency of reassuring cards (``rules.engine.evaluation.sufficiency``); Conditions carrying no words.
     received: dict[str, int] = field(default_factory=dict)
     unavailable: dict[str, str] = field(default_factory=dict)
     unnamed: list[Evidence] = field(default_factory=list)

@@ -22,13 +22,13 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from rules.engine.cards import CardTemplate
-from rules.engine.context import CompileEnv, EvalContext
-from rules.engine.facts import Evidence
-from rules.engine.terminology import ValueSet
+from rules.engine.codes.terminology import ValueSet
+from rules.engine.compiler.context import CompileEnv, EvalContext
+from rules.engine.evaluation.cards import CardTemplate
+from rules.engine.record.facts import Evidence
 
 if TYPE_CHECKING:
-    from rules.engine import schema
+    from rules.engine.model import schema
 
 UNRECOGNISED_WINDOW = timedelta(days=90)
 """A Condition that is not current counts as a doubt while it was present within this long."""

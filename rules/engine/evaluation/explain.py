@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from cds_hooks.request import HookRequest
-from rules.engine.context import Check, EvalContext
-from rules.engine.evaluate import Evaluation, evaluate, prepare
-from rules.engine.facts import Evidence
-from rules.engine.ruleset import CompiledRule, RuleSet
+from rules.engine.compiler.context import Check, EvalContext
+from rules.engine.compiler.ruleset import CompiledRule, RuleSet
+from rules.engine.evaluation.evaluate import Evaluation, evaluate, prepare
+from rules.engine.record.facts import Evidence
 
 
 @dataclass

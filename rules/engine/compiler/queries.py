@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from rules.engine import schema
-from rules.engine.context import Check, CompileEnv, DataPath, EvalContext, parse_duration
-from rules.engine.facts import INTERPRETATION, Evidence, Fact
-from rules.engine.terminology import CodeKey, ValueSet
-from rules.engine.units import convert, known_target
+from rules.engine.codes.terminology import CodeKey, ValueSet
+from rules.engine.codes.units import convert, known_target
+from rules.engine.compiler.context import Check, CompileEnv, DataPath, EvalContext, parse_duration
+from rules.engine.model import schema
+from rules.engine.record.facts import INTERPRETATION, Evidence, Fact
 
 _HIGH_FLAGS = frozenset({(INTERPRETATION, "H"), (INTERPRETATION, "HH")})
 

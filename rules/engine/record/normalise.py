@@ -31,8 +31,8 @@ from cds_hooks.resources import (
     Quantity,
     ServiceRequest,
 )
-from rules.engine.facts import INTERPRETATION, SNOMED, Evidence, Fact, MedicationFact, OrderFact
-from rules.engine.terminology import CodeKey, ValueSet, ValueSetIndex, normal_key
+from rules.engine.codes.terminology import CodeKey, ValueSet, ValueSetIndex, normal_key
+from rules.engine.record.facts import INTERPRETATION, SNOMED, Evidence, Fact, MedicationFact, OrderFact
 
 _YES = (SNOMED, "373066001")
 _NO = frozenset({(SNOMED, "373067005"), (SNOMED, "260385009")})

@@ -12,13 +12,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from cds_hooks.prefetch import check_template
-from rules.engine.schema import ALL_HOOKS
-from rules.engine.terminology import CPT, LOINC, SNOMED, CodeKey
+from rules.engine.codes.terminology import CPT, LOINC, SNOMED, CodeKey
+from rules.engine.model.schema import ALL_HOOKS
 
 LOCAL = "urn:lbp-cds:local"
 
 if TYPE_CHECKING:
-    from rules.engine.ruleset import CompiledRule, RuleSet
+    from rules.engine.compiler.ruleset import CompiledRule, RuleSet
 
 _PATIENT = "{{context.patientId}}"
 MAX_TEMPLATE = 2000

@@ -8,14 +8,14 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from cds_hooks.response import INDICATOR_RANK
-from rules.engine.diagnostics import did_you_mean
-from rules.engine.facts import Episode, Evidence
-from rules.engine.record import PatientRecord
-from rules.engine.schema import Definition
-from rules.engine.terminology import Terminology, ValueSet
+from rules.engine.codes.terminology import Terminology, ValueSet
+from rules.engine.model.diagnostics import did_you_mean
+from rules.engine.model.schema import Definition
+from rules.engine.record.facts import Episode, Evidence
+from rules.engine.record.patient import PatientRecord
 
 if TYPE_CHECKING:  # the compiled rules are built from this module's types
-    from rules.engine.ruleset import CompiledRule
+    from rules.engine.compiler.ruleset import CompiledRule
 
 INDICATOR_ORDER = INDICATOR_RANK  # how urgent each card indicator is
 
@@ -49,7 +49,7 @@ class EvalContext:
     back_pain: ValueSet  # the gate value set, which also dates the pain episode
     rules: Mapping[str, CompiledRule]
     red_flag_rules: tuple[tuple[str, str], ...] = ()  # (rule id, the highest indicator it can reach)
-    # For reassuring cards (``rules.engine.sufficiency``): the value sets the red-flag rules read, and the
+    # For reassuring cards (``evaluation.sufficiency``): the value sets the red-flag rules read, and the
     # hook's red-flag screening (``RuleSet.screening``: the resource types its red-flag rules read, how many).
     recognised: frozenset[str] = frozenset()
     screening: tuple[frozenset[str], int] = (frozenset(), 0)
