@@ -10,7 +10,7 @@ import pytest
 from rules import BUNDLED_CATALOG
 from rules.engine.compiler.ruleset import load_ruleset
 from rules.engine.model.diagnostics import RuleSetError
-from tests.support.files import edit, line_of
+from tests.support.files import edit, has_error, line_of
 
 
 def _errors(folder: Path) -> list[str]:
@@ -25,17 +25,41 @@ def test_bundled_catalogue_loads(catalog: Path) -> None:
     assert len(ruleset.version) == 16
 
 
-def test_unknown_value_set_with_a_suggestion(catalog: Path) -> None:
-    rule = catalog / "rf-ces-saddle-sensory-loss.yaml"
-    edit(rule, "valueset: saddle-sensory-loss", "valueset: saddle-sensory-los")
-    line = line_of(rule, "saddle-sensory-los,")
+@pytest.mark.parametrize(
+    ("file", "old", "new", "message", "hint"),
+    [
+        (
+            "rf-ces-saddle-sensory-loss.yaml",
+            "valueset: saddle-sensory-loss",
+            "valueset: saddle-sensory-los",
+            "unknown value set 'saddle-sensory-los'",
+            "did you mean 'saddle-sensory-loss'?",
+        ),
+        (
+            "rf-young-onset.yaml",
+            "is: acute-episode",
+            "is: acute-episod",
+            "unknown definition 'acute-episod'",
+            "did you mean 'acute-episode'?",
+        ),
+        ("rf-ivdu.yaml", "tier: urgent", "tier: urgnet", "unknown tier 'urgnet'", "did you mean 'urgent'?"),
+        (
+            "precedence.yaml",
+            "{tier: reassurance, at: warning}",
+            "{tier: reasurance, at: warning}",
+            "unknown tier 'reasurance'",
+            "did you mean 'reassurance'?",
+        ),
+    ],
+)
+def test_an_unknown_name_is_located_with_a_hint(
+    catalog: Path, file: str, old: str, new: str, message: str, hint: str
+) -> None:
+    path = catalog / file
+    edit(path, old, new)
+    line = line_of(path, new)
     errors = _errors(catalog)
-    assert any(
-        f"rf-ces-saddle-sensory-loss.yaml:{line}:" in e
-        and "unknown value set 'saddle-sensory-los'" in e
-        and "did you mean 'saddle-sensory-loss'?" in e
-        for e in errors
-    ), errors
+    assert has_error(errors, f"{file}:{line}:", message, hint), errors
 
 
 def test_all_errors_of_all_files_are_reported_together(catalog: Path) -> None:
@@ -185,11 +209,8 @@ def test_an_order_less_urgent_than_its_summary_is_an_error(catalog: Path) -> Non
     errors = _errors(catalog)
     mri = line_of(fever, 'order: "loinc:24967-2"')
     referral = line_of(trauma, 'order: "snomed:306254002"')
-    assert any(
-        f"rf-fever-spinal-infection.yaml:{mri}:" in e
-        and "says 'same day'" in e
-        and "is urgent at critical" in e
-        for e in errors
+    assert has_error(
+        errors, f"rf-fever-spinal-infection.yaml:{mri}:", "says 'same day'", "is urgent at critical"
     ), errors
     assert any(
         f"rf-recent-trauma.yaml:{referral}:" in e and "says 'now'" in e and "use stat" in e for e in errors

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from rules.engine.model.schema import PrefetchedType
 from service.app import create_app
 from tests.conftest import running
 from tests.support import builders
@@ -67,16 +68,7 @@ async def test_only_fhir_server_is_fetched_when_allowed(
     assert response.json()["cards"][0]["indicator"] == "critical"
     assert {
         r.path.rsplit("/", 1)[-1] if "Patient/" not in r.path else "Patient" for r in fhir_server.requests
-    } == {
-        "Patient",
-        "Condition",
-        "Observation",
-        "Procedure",
-        "MedicationStatement",
-        "MedicationRequest",
-        "ServiceRequest",
-        "DiagnosticReport",
-    }
+    } == set(get_args(PrefetchedType))  # every resource type the prefetch reads
 
 
 async def test_neither_prefetch_nor_server_is_412(settings_factory: Any) -> None:

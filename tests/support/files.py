@@ -15,3 +15,9 @@ def edit(path: Path, old: str, new: str) -> None:
 def line_of(path: Path, needle: str) -> int:
     """The 1-based number of the first line of ``path`` that contains ``needle``."""
     return next(i for i, line in enumerate(path.read_text().splitlines(), 1) if needle in line)
+
+
+def has_error(errors: list[str], where: str, *parts: str) -> bool:
+    """Whether one of the rendered diagnostics is located at ``where`` (``file.yaml:LINE:``) and says
+    every one of ``parts``."""
+    return any(where in error and all(part in error for part in parts) for error in errors)
