@@ -16,19 +16,39 @@ from rules import BUNDLED_CATALOG
 from rules.engine.compiler.ruleset import RuleSet
 from service.settings import Settings
 from tests.support.catalogue import bundled_ruleset
-from tests.support.databases import throwaway_database
+from tests.support.databases import ADMIN_DSN as POSTGRES_URL
+from tests.support.databases import SKIP_HINT, throwaway_database
 from tests.support.fhir_server import FhirTestServer
 
+_POSTGRES_LEFT_OUT: list[pytest.Item] = []
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+
+def _needs_postgres(item: pytest.Item) -> bool:
+    callspec = getattr(item, "callspec", None)
+    on_postgres = callspec is not None and "postgresql" in callspec.params.values()
+    return on_postgres or item.get_closest_marker("postgres") is not None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The two kinds of slow test, marked so ``make test-fast`` can leave them out (``make test`` runs all):
     ``e2e`` (tests/e2e: real service processes) and ``app`` (the whole application in process, with its
-    database: every test that asks for settings or a database)."""
+    database: every test that asks for settings or a database). Without ``LUMBAR_TEST_POSTGRES_URL`` the
+    PostgreSQL tests are left out, and the summary says so in one line."""
     for item in items:
         if "e2e" in Path(str(item.path)).parts:
             item.add_marker(pytest.mark.e2e)
         elif {"settings_factory", "database_url"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.app)
+    if not POSTGRES_URL:
+        _POSTGRES_LEFT_OUT[:] = [item for item in items if _needs_postgres(item)]
+        if _POSTGRES_LEFT_OUT:
+            config.hook.pytest_deselected(items=list(_POSTGRES_LEFT_OUT))
+            items[:] = [item for item in items if not _needs_postgres(item)]
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _POSTGRES_LEFT_OUT:
+        terminalreporter.write_line(f"{len(_POSTGRES_LEFT_OUT)} PostgreSQL tests not run. {SKIP_HINT}.")
 
 
 @pytest.fixture(scope="session")

@@ -409,6 +409,7 @@ async def test_a_database_at_head_is_not_migrated_again(
     await db.migrate()
 
 
+@pytest.mark.postgres
 def test_replicas_starting_together_migrate_one_at_a_time(tmp_path: Any) -> None:
     """PostgreSQL: several instances migrating a fresh database at once (an advisory lock serialises them)."""
     from tests.support.databases import throwaway_database
