@@ -22,6 +22,7 @@ from service.logging import configure_logging
 from service.metrics import Metrics
 from service.middleware import AccessLogMiddleware, BodyLimitMiddleware
 from service.openapi import install_openapi
+from service.preflight import worker_failed
 from service.reload import catalogue_fingerprint, watch_rules
 from service.routes import admin, cds, health
 from service.settings import Settings
@@ -140,5 +141,10 @@ async def _pseudonym(settings: Settings, database: Database) -> PatientPseudonym
 
 
 def create_app_from_env() -> FastAPI:
-    """Factory for uvicorn workers: settings from the environment."""
-    return create_app(Settings())
+    """Factory for uvicorn workers: settings from the environment. ``lumbar serve`` has checked them; if a
+    start-up fails anyway, the worker says why in one line and stops the server rather than being restarted
+    in a loop (``service.preflight.worker_failed``)."""
+    try:
+        return create_app(Settings())
+    except Exception as exc:  # noqa: BLE001  # every start-up failure ends the same way
+        worker_failed(exc)

@@ -43,7 +43,8 @@ def _settings() -> Settings:
         settings = Settings()
     except ValidationError as exc:
         for error in exc.errors(include_url=False):
-            print(f"error: LUMBAR_{str(error['loc'][0]).upper()}: {error['msg']}", file=sys.stderr)
+            message = str(error["msg"]).removeprefix("Value error, ")
+            print(f"error: LUMBAR_{str(error['loc'][0]).upper()}: {message}", file=sys.stderr)
         raise SystemExit(2) from None
     return settings
 
@@ -213,10 +214,16 @@ def _metrics_directory() -> str | None:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from service.preflight import SUPERVISOR_ENV, SettingProblem, check_clients, check_database
     from service.storage.database import Database
 
     settings = _settings()
     allow = settings.allow_failing_tests or args.allow_failing_tests
+    try:
+        check_clients(settings)
+    except SettingProblem as exc:
+        print(exc, file=sys.stderr)
+        return 2
     try:
         _, failures = load_tested(settings.rules_dir, allow_failing_tests=allow)
     except RuleSetError as exc:
@@ -247,7 +254,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         finally:
             await database.close()
 
-    asyncio.run(migrate())  # once, before any worker starts
+    try:
+        asyncio.run(check_database(settings, migrate))  # once, before any worker starts
+    except SettingProblem as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    os.environ[SUPERVISOR_ENV] = str(os.getpid())  # a worker that cannot start stops the server
     created = _metrics_directory()
     try:
         uvicorn.run(

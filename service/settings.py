@@ -70,6 +70,16 @@ class Settings(BaseSettings):
                 raise ValueError(f"not a FHIR base URL: {entry!r} (expected http(s)://host/path, or *)")
         return value
 
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            parts = urlsplit(entry)
+            plain = parts.scheme in ("http", "https") and parts.hostname and not parts.path.strip("/")
+            if entry != "*" and (not plain or parts.query or parts.fragment or parts.username):
+                raise ValueError(f"not an origin: {entry!r} (expected scheme://host[:port], or *)")
+        return value
+
     @field_validator("public_base_url")
     @classmethod
     def _base_url(cls, value: str | None) -> str | None:
