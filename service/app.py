@@ -22,7 +22,7 @@ from service.logging import configure_logging
 from service.metrics import Metrics
 from service.middleware import AccessLogMiddleware, BodyLimitMiddleware
 from service.openapi import install_openapi
-from service.preflight import worker_failed
+from service.preflight import shown_url, worker_failed
 from service.reload import catalogue_fingerprint, watch_rules
 from service.routes import admin, cds, health
 from service.settings import Settings
@@ -91,7 +91,12 @@ def create_app(
         if settings.rules_watch:
             watcher = asyncio.create_task(watch_rules(state, settings.rules_dir, stop), name="rules-watcher")
         collector.settle()  # long-lived objects out of the collector's way (service/collector.py)
-        log.info("ready", rules=len(catalogue.ruleset.rules), version=catalogue.ruleset.version)
+        log.info(
+            "ready",
+            rules=len(catalogue.ruleset.rules),
+            version=catalogue.ruleset.version,
+            database=shown_url(settings.database_url),
+        )
         try:
             yield
         finally:

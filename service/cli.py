@@ -290,10 +290,12 @@ def _bound(value: str | None, *, end: bool) -> datetime | None:
 
 def _with_database(work: Any) -> Any:
     """Run ``work(database)`` on the configured, migrated database, and close it."""
+    from service.preflight import shown_url
     from service.storage.database import Database
 
     settings = _settings()
     logging.getLogger("alembic").setLevel(logging.WARNING)  # the command's output is the report, not logs
+    print(f"database: {shown_url(settings.database_url)}", file=sys.stderr)  # which one, wherever you stand
 
     async def run() -> Any:
         database = Database(settings.database_url)

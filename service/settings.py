@@ -5,14 +5,21 @@ Unsafe or malformed values are refused at start-up rather than discovered under 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from rules import BUNDLED_CATALOG
+
+
+def default_data_dir() -> Path:
+    """``$XDG_DATA_HOME/lumbar-cds``, else ``~/.local/share/lumbar-cds`` (the XDG base directory default)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "lumbar-cds"
 
 
 def _split(value: object) -> object:
@@ -28,7 +35,10 @@ class Settings(BaseSettings):
 
     rules_dir: Path = BUNDLED_CATALOG
     rules_watch: bool = True  # reload the catalogue when files under rules_dir change
-    database_url: str = "sqlite+aiosqlite:///./var/lumbar.db"
+    # Where the service keeps its data when LUMBAR_DATABASE_URL is unset (the SQLite file lumbar.db): the same
+    # place whatever the working directory, so `lumbar report` reads what `lumbar serve` wrote.
+    data_dir: Path = Field(default_factory=lambda: default_data_dir())
+    database_url: str = ""  # default: sqlite+aiosqlite:///<data_dir>/lumbar.db
     auth: Literal["jwt", "off"] = "jwt"
     clients_file: Path | None = None
     public_base_url: str | None = None
@@ -97,9 +107,17 @@ class Settings(BaseSettings):
             raise ValueError("must be at least 16 characters (use a random value)")
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_database(cls, data: object) -> object:
+        if isinstance(data, dict) and not data.get("database_url"):
+            folder = Path(str(data.get("data_dir") or default_data_dir())).expanduser().resolve()
+            data = {**data, "database_url": f"sqlite+aiosqlite:///{folder / 'lumbar.db'}"}
+        return data
+
     @field_validator("database_url")
     @classmethod
     def _database(cls, value: str) -> str:
-        if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+        if value and not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
             raise ValueError("use sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER@HOST/DB")
         return value

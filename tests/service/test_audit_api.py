@@ -95,9 +95,12 @@ async def test_every_call_is_audited_and_feedback_is_linked_to_its_rule(
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("LUMBAR_DATABASE_URL", database_url)
         assert await anyio.to_thread.run_sync(main, ["report", "--json"]) == 0
-        report = json.loads(capsys.readouterr().out)
+        printed = capsys.readouterr()
+        report = json.loads(printed.out)
         assert await anyio.to_thread.run_sync(main, ["report"]) == 0
         table = capsys.readouterr().out
+    database_name = database_url.rsplit("/", 1)[-1]
+    assert printed.err.startswith("database: ") and database_name in printed.err  # which one it read
     rules = {r["rule_id"]: r for r in report["rules"]}
     assert report["calls"] == 3
     assert (rules[critical_rule]["fired"], rules[critical_rule]["accepted"]) == (1, 1)

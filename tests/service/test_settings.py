@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -38,9 +40,29 @@ def test_environment_lists(monkeypatch: pytest.MonkeyPatch) -> None:
         ("LUMBAR_MAX_BODY_BYTES", "-1"),
         ("LUMBAR_DATABASE_URL", "mysql://x"),
         ("LUMBAR_PUBLIC_BASE_URL", "cds.example.org"),
+        ("LUMBAR_CORS_ORIGINS", "https://sandbox.cds-hooks.org/app"),
+        ("LUMBAR_CORS_ORIGINS", "sandbox.cds-hooks.org"),
     ],
 )
 def test_bad_values_are_refused(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
     monkeypatch.setenv(name, value)
     with pytest.raises(ValidationError):
         Settings()
+
+
+def test_the_default_database_is_the_same_wherever_a_command_runs(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("LUMBAR_DATABASE_URL", raising=False)
+    monkeypatch.delenv("LUMBAR_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    urls = set()
+    for folder in (tmp_path / "a", tmp_path / "b"):
+        folder.mkdir()
+        monkeypatch.chdir(folder)
+        urls.add(Settings().database_url)
+    assert urls == {f"sqlite+aiosqlite:///{tmp_path / 'xdg' / 'lumbar-cds' / 'lumbar.db'}"}
+    monkeypatch.setenv("LUMBAR_DATA_DIR", str(tmp_path / "data"))
+    assert Settings().database_url == f"sqlite+aiosqlite:///{tmp_path / 'data' / 'lumbar.db'}"
+    monkeypatch.setenv("LUMBAR_DATABASE_URL", "postgresql+asyncpg://lumbar@db/lumbar")
+    assert Settings().database_url == "postgresql+asyncpg://lumbar@db/lumbar"  # an explicit URL wins
