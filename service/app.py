@@ -24,7 +24,7 @@ from service.middleware import AccessLogMiddleware, BodyLimitMiddleware
 from service.openapi import install_openapi
 from service.preflight import shown_url, worker_failed
 from service.reload import catalogue_fingerprint, watch_rules
-from service.routes import admin, cds, health
+from service.routes import admin, cds, docs, health
 from service.settings import Settings
 from service.state import AppState, ReloadStatus
 from service.storage.database import Database
@@ -113,12 +113,15 @@ def create_app(
         version=__version__,
         lifespan=lifespan,
         description="CDS Hooks 2.0 decision support for low back pain and lower-back weakness.",
+        docs_url=None,  # served offline by routes/docs.py
+        redoc_url=None,
     )
     app.state.lumbar = state
     install_error_handlers(app)
     cds.install(app)
     app.include_router(health.router)
     app.include_router(admin.router)
+    docs.install(app)
     install_openapi(app, list(catalogue.hooks))
     app.add_middleware(
         BodyLimitMiddleware, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s

@@ -92,8 +92,10 @@ def install_openapi(app: FastAPI, service_ids: list[str]) -> None:
             "400": _outcome("Malformed request, naming the field"),
             **auth,
             "404": _outcome("Unknown service"),
+            "408": _outcome("The body did not arrive in time (LUMBAR_BODY_TIMEOUT_S)"),
             "412": _outcome("Required data unobtainable"),
             "413": _outcome("Body too large"),
+            "503": _outcome("The replay store (database) is unavailable; retry"),
         }
         fb = paths["/cds-services/{service_id}/feedback"]["post"]
         fb["requestBody"] = {
@@ -105,10 +107,37 @@ def install_openapi(app: FastAPI, service_ids: list[str]) -> None:
             "400": _outcome("Malformed feedback"),
             **auth,
             "404": _outcome("Unknown service"),
+            "408": _outcome("The body did not arrive in time (LUMBAR_BODY_TIMEOUT_S)"),
             "413": _outcome("Body too large"),
             "503": _outcome("Storage unavailable; retry"),
         }
         paths["/cds-services"]["get"]["responses"] = {"200": _json("Discovery", "The CDS services"), **auth}
+        paths["/readyz"]["get"]["responses"] = {
+            "200": {"description": "Ready: the rules are loaded and the database answers"},
+            "503": {"description": "Not ready: the database does not answer (the body says what)"},
+        }
+        paths["/admin/report"]["get"]["responses"] = {
+            "200": {"description": "The report (as `lumbar report --json`)"},
+            "400": _outcome("since/until not an ISO 8601 date or date-time"),
+            "401": _outcome("Missing or wrong admin token"),
+        }
+        # Who may call what (docs/security.md): the EHR's client JWT (CDS Hooks 2.0 section 7) for the CDS
+        # services, the administrator's bearer token for /admin; health and metrics are open.
+        doc["components"]["securitySchemes"] = {
+            "clientJWT": {
+                "type": "http",
+                "scheme": "bearer",
+                "bearerFormat": "JWT",
+                "description": "The EHR's signed JWT (ES384 or RS384), as CDS Hooks 2.0 specifies",
+            },
+            "adminToken": {"type": "http", "scheme": "bearer", "description": "LUMBAR_ADMIN_TOKEN"},
+        }
+        for path, ops in paths.items():
+            for operation in ops.values():
+                if path.startswith("/cds-services"):
+                    operation["security"] = [{"clientJWT": []}]
+                elif path.startswith("/admin"):
+                    operation["security"] = [{"adminToken": []}]
         for path in ("/cds-services/{service_id}", "/cds-services/{service_id}/feedback"):
             for parameter in paths[path]["post"].get("parameters", []):
                 if parameter["name"] == "service_id":

@@ -8,7 +8,9 @@ are driven directly.)
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
@@ -54,3 +56,21 @@ def test_no_generated_request_gets_a_server_error(live: str, service_log: Path) 
     # The generated calls reached the hook endpoint's validation, not just routing.
     assert {400, 412} <= seen["POST /cds-services/{service_id}"], seen
     assert {200, 400} <= seen["POST /cds-services/{service_id}/feedback"], seen
+    assert undeclared(httpx.get(f"{live}/openapi.json").json(), seen) == {}
+
+
+def undeclared(document: dict[str, Any], seen: dict[str, set[int]]) -> dict[str, set[int]]:
+    """The statuses each operation answered that its OpenAPI responses do not declare."""
+    out: dict[str, set[int]] = {}
+    for label, statuses in seen.items():
+        method, path = label.split(" ", 1)
+        declared = {int(code) for code in document["paths"][path][method.lower()]["responses"]}
+        if statuses - declared:
+            out[label] = statuses - declared
+    return out
+
+
+def test_an_undeclared_status_would_be_caught() -> None:
+    document = {"paths": {"/readyz": {"get": {"responses": {"200": {}, "503": {}}}}}}
+    assert undeclared(document, {"GET /readyz": {200, 503}}) == {}
+    assert undeclared(document, {"GET /readyz": {200, 422}}) == {"GET /readyz": {422}}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, get_args
 
@@ -284,3 +285,38 @@ def test_every_middleware_is_pure_asgi(settings_factory: Any) -> None:
     classes = [middleware.cls for middleware in app.user_middleware]
     assert len(classes) >= 3
     assert not [cls for cls in classes if isinstance(cls, type) and issubclass(cls, BaseHTTPMiddleware)]
+
+
+async def test_the_api_docs_need_nothing_from_the_internet(settings_factory: Any) -> None:
+    """/docs names no other host (FastAPI's default loads Swagger UI from a CDN), and every script, style
+    and image it names is served by the service itself, with jwt auth on."""
+    async with running(create_app(settings_factory(auth="jwt"))) as client:
+        page = await client.get("/docs")
+        assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+        assert not re.findall(r"https?://", page.text), "the page names another host"
+        assets = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+        assert {"/docs/assets/swagger-ui-bundle.js", "/docs/assets/swagger-ui.css"} <= set(assets)
+        for asset in assets:
+            answer = await client.get(asset)
+            assert answer.status_code == 200 and len(answer.content) > 100, asset
+        assert (await client.get("/openapi.json")).status_code == 200  # what the page loads
+
+
+async def test_the_openapi_declares_who_may_call_what(settings_factory: Any) -> None:
+    async with running(create_app(settings_factory())) as client:
+        document = (await client.get("/openapi.json")).json()
+    schemes = document["components"]["securitySchemes"]
+    assert schemes["clientJWT"] == {
+        **schemes["clientJWT"],
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "JWT",
+    }
+    security = {
+        (m.upper(), p): op.get("security") for p, ops in document["paths"].items() for m, op in ops.items()
+    }
+    assert security[("POST", "/cds-services/{service_id}")] == [{"clientJWT": []}]
+    assert security[("GET", "/admin/report")] == [{"adminToken": []}]
+    assert security[("GET", "/healthz")] is None and security[("GET", "/readyz")] is None
+    assert "503" in document["paths"]["/readyz"]["get"]["responses"]
+    assert "422" not in document["paths"]["/admin/report"]["get"]["responses"]  # a bad date is a 400
