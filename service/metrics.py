@@ -9,9 +9,20 @@ how they combine across workers (``multiprocess_mode``); a stopped worker's live
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.metrics_core import Metric
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -103,16 +114,62 @@ class Metrics:
         self.ruleset.labels(version).set(count)
 
     def render(self) -> bytes:
-        """The text exposition: this instance's registry, or every worker's values in multiprocess mode."""
+        """The text exposition: this instance's registry, or every worker's values in multiprocess mode;
+        with the process figures (CPU, memory, open files) of every worker, labelled by ``pid``."""
         directory = multiprocess_dir()
         if directory is None:
-            return generate_latest(self.registry)
+            return generate_latest(self.registry) + generate_latest(_PROCESSES)
         combined = CollectorRegistry()
         multiprocess.MultiProcessCollector(combined, path=directory)  # type: ignore[no-untyped-call]
-        return generate_latest(combined)
+        return generate_latest(combined) + generate_latest(_PROCESSES)
 
     @staticmethod
     def worker_stopped() -> None:
         """Drop this worker's live gauges from the shared directory (call at shutdown)."""
         if multiprocess_dir():
             multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+
+
+def worker_pids() -> list[int]:
+    """This process and, under ``lumbar serve --workers N``, its sibling workers (children of the same
+    supervisor, ``LUMBAR_SUPERVISOR_PID``), read from /proc (Linux); this process alone elsewhere."""
+    supervisor = os.environ.get("LUMBAR_SUPERVISOR_PID", "")
+    own = os.getpid()
+    if not supervisor.isdigit() or int(supervisor) != os.getppid():
+        return [own]
+    pids = {own}
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            sibling = int(stat.rpartition(")")[2].split()[1]) == int(supervisor)  # field 4: the parent
+            # a worker, not multiprocessing's resource tracker (the supervisor's other child)
+            if sibling and b"spawn_main" in (entry / "cmdline").read_bytes():
+                pids.add(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return sorted(pids)
+
+
+def _constant(pid: int) -> Callable[[], int]:
+    return lambda: pid
+
+
+class _WorkerProcesses:
+    """prometheus_client's process figures for every worker, each sample labelled with its ``pid``."""
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, Metric] = {}
+        for pid in worker_pids():
+            collector = ProcessCollector(pid=_constant(pid), registry=None)
+            for family in collector.collect():
+                empty = Metric(family.name, family.documentation, family.type)
+                merged = families.setdefault(family.name, empty)
+                for sample in family.samples:
+                    merged.samples.append(sample._replace(labels={**sample.labels, "pid": str(pid)}))
+        yield from families.values()
+
+
+_PROCESSES = CollectorRegistry()
+_PROCESSES.register(_WorkerProcesses())

@@ -43,6 +43,12 @@ def test_metrics_add_up_every_worker(tmp_path: Path) -> None:
     assert 'lumbar_hook_latency_seconds_count{service="lumbar-patient-view"} 40.0' in scrapes[0]
     assert 'lumbar_rules_fired_total{rule="rf-ces-sphincter-disturbance"} 40.0' in scrapes[0]
     assert "lumbar_rules_reload_failing 0.0" in scrapes[0]
+    for text in scrapes:  # whichever worker answers, the process figures of both
+        memory = re.findall(r'^process_resident_memory_bytes\{pid="([0-9]+)"\} ([0-9.e+]+)$', text, re.M)
+        assert {pid for pid, _ in memory} == {str(pid) for pid in pids}, memory
+        assert all(float(value) > 20e6 for _, value in memory)
+        assert len(re.findall(r'^process_open_fds\{pid="[0-9]+"\}', text, re.M)) == 2
+        assert len(re.findall(r'^process_cpu_seconds_total\{pid="[0-9]+"\}', text, re.M)) == 2
 
 
 def test_the_count_read_is_this_service_answered_200() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any, get_args
@@ -320,3 +321,10 @@ async def test_the_openapi_declares_who_may_call_what(settings_factory: Any) -> 
     assert security[("GET", "/healthz")] is None and security[("GET", "/readyz")] is None
     assert "503" in document["paths"]["/readyz"]["get"]["responses"]
     assert "422" not in document["paths"]["/admin/report"]["get"]["responses"]  # a bad date is a 400
+
+
+async def test_metrics_carry_the_process_figures(settings_factory: Any) -> None:
+    async with running(create_app(settings_factory())) as client:
+        text = (await client.get("/metrics")).text
+    for name in ("process_resident_memory_bytes", "process_cpu_seconds_total", "process_open_fds"):
+        assert re.search(rf'^{name}{{pid="{os.getpid()}"}} [0-9.e+]+$', text, re.M), name
