@@ -11,7 +11,6 @@ import structlog
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
-from cds_hooks.fhir import FhirAllowlist, FhirClient
 from cds_hooks.jwt import JwksCache
 from service import __version__, collector
 from service.audit import AuditWriter, PatientPseudonym
@@ -22,6 +21,7 @@ from service.logging import configure_logging
 from service.metrics import Metrics
 from service.middleware import AccessLogMiddleware, BodyLimitMiddleware
 from service.openapi import install_openapi
+from service.prefetching import fhir_client
 from service.preflight import shown_url, worker_failed
 from service.reload import catalogue_fingerprint, watch_rules
 from service.routes import admin, cds, docs, health
@@ -79,12 +79,7 @@ def create_app(
             limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
         )
         state.jwks = JwksCache(state.http)
-        state.fhir = FhirClient(
-            state.http,
-            FhirAllowlist(settings.fhir_allowlist),
-            timeout_s=settings.fhir_timeout_s,
-            max_pages=settings.fhir_max_pages,
-        )
+        state.fhir = fhir_client(state.http, settings)
         state.metrics.set_ruleset(catalogue.ruleset.version, len(catalogue.ruleset.rules))
         stop = asyncio.Event()
         watcher = None

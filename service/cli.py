@@ -148,6 +148,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(f"error: unknown rule id(s): {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
     now = parse_fhir_datetime(args.now).start if args.now else datetime.now(UTC)
+    completed = asyncio.run(_complete(_settings(), ruleset, request))
+    for key, why in completed.unavailable.items():
+        print(f"missing data: prefetch {key!r}: {why}", file=sys.stderr)
+    if completed.refused:
+        print("refused: nothing about the patient could be read (the service answers 412)", file=sys.stderr)
+        return 3
+    request = completed.request
     evaluation, traces = explain(ruleset, request, now)
     print(f"hook {request.hook} at {now.isoformat()}, rule-set {ruleset.version}")
     if not evaluation.has_back_pain:
@@ -176,7 +183,22 @@ def cmd_explain(args: argparse.Namespace) -> int:
             print(f"      - {suggestion.label}")
     for action in evaluation.system_actions:
         print(f"  system action: {action.description}")
+    if completed.unavailable:  # the service would have answered the same, saying so on its cards
+        print(f"evaluated without {len(completed.unavailable)} prefetch key(s): see above", file=sys.stderr)
+        return 3
     return 0
+
+
+async def _complete(settings: Settings, ruleset: RuleSet, request: Any) -> Any:
+    """Complete the request as the service does (service.prefetching): from an allow-listed fhirServer."""
+    import httpx
+
+    from service.prefetching import complete_request, fhir_client
+
+    timeout = httpx.Timeout(settings.fhir_timeout_s)
+    async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as http:
+        templates = ruleset.prefetch.get(request.hook, {})
+        return await complete_request(fhir_client(http, settings), ruleset, request, templates)
 
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"

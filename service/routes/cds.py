@@ -13,8 +13,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from cds_hooks.outcome import outcome_issue, outcome_of
-from cds_hooks.request import HookRequest, parse_hook_request
-from cds_hooks.resources import Resource
+from cds_hooks.request import parse_hook_request
 from cds_hooks.response import FEEDBACK
 from rules.engine import Evaluation, evaluate
 from service import collector
@@ -22,6 +21,7 @@ from service.audit import AuditRecord, from_evaluation
 from service.catalogue import Catalogue
 from service.deps import Call, client_issuer
 from service.errors import ProblemError
+from service.prefetching import Completed, complete_request
 from service.state import AppState
 
 router = APIRouter()
@@ -89,31 +89,23 @@ async def _evaluate(
     templates = catalogue.templates(hook)
     assert state.fhir is not None  # set by the lifespan
     fetch_started = time.perf_counter()
-    prefetch, unavailable = await state.fhir.fill_prefetch(hook_request, templates)
-    if unavailable or prefetch is not hook_request.prefetch:
-        hook_request = _with_data(state, catalogue, hook_request, prefetch, unavailable, fetch_started)
-    evaluation = evaluate(catalogue.ruleset, hook_request, datetime.now(UTC))
+    completed = await complete_request(state.fhir, catalogue.ruleset, hook_request, templates)
+    if completed.request is not hook_request:
+        _account(state, catalogue, completed, fetch_started)
+    evaluation = evaluate(catalogue.ruleset, completed.request, datetime.now(UTC))
     return evaluation, orjson.dumps(evaluation.response().to_wire())
 
 
-def _with_data(
-    state: AppState,
-    catalogue: Catalogue,
-    hook_request: HookRequest,
-    prefetch: dict[str, Resource | None],
-    unavailable: dict[str, str],
-    fetch_started: float,
-) -> HookRequest:
-    """The request with its completed prefetch, or a 412 naming every key that could not be had when
-    nothing about the patient could be read. A key unavailable for one resource type is evaluated without
-    (its cards say so), logged and counted."""
+def _account(state: AppState, catalogue: Catalogue, completed: Completed, fetch_started: float) -> None:
+    """Count and log what fetching gave; a 412 naming every key that could not be had when nothing about
+    the patient could be read. A key unavailable for one resource type is evaluated without (its cards say
+    so), logged and counted."""
     metrics = state.metrics
-    ruleset = catalogue.ruleset
-    refused = bool(unavailable) and ruleset.patient_unreadable(hook_request.hook, unavailable)
+    unavailable, refused = completed.unavailable, completed.refused
     outcome = "failed" if refused else "partial" if unavailable else "ok"
     metrics.fhir_fetches.labels(outcome).inc()
     metrics.fhir_latency.labels(outcome).observe(time.perf_counter() - fetch_started)
-    for kind in ruleset.unavailable_types(hook_request.hook, unavailable):
+    for kind in catalogue.ruleset.unavailable_types(completed.request.hook, unavailable):
         metrics.prefetch_unavailable.labels(kind).inc()
     for key, why in unavailable.items():
         log.warning("prefetch unavailable", key=key, reason=why, evaluated=not refused)
@@ -132,7 +124,6 @@ def _with_data(
                 ]
             ),
         )
-    return hook_request.with_prefetch(prefetch, unavailable)
 
 
 def _record(state: AppState, evaluation: Evaluation, service_id: str, hook: str, started: float) -> None:
