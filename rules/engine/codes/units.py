@@ -90,3 +90,36 @@ def convert(value: float, unit: str | None, target: str) -> float | None:
 def known_target(unit: str) -> bool:
     """Whether ``unit`` can be a comparison unit in a rule."""
     return unit in _TEMPERATURE or unit in _SCALED
+
+
+# How a clinician writes the units a card shows (UCUM codes are for machines: "Cel", "10*9/L").
+_HUMAN: dict[str, str] = {
+    "Cel": "°C",
+    "[degF]": "°F",
+    "10*9/L": "×10⁹/L",
+    "10*12/L": "×10¹²/L",
+    "10*3/uL": "×10³/µL",
+    "/nL": "/nL",
+    "ug/L": "µg/L",
+    "umol/L": "µmol/L",
+    "mm[Hg]": "mmHg",
+    "[lb_av]": "lb",
+    "mm/[hr]": "mm/h",
+    "/[HPF]": "/HPF",
+    "{score}": "",
+    "1": "",
+}
+
+
+def human_unit(unit: str | None) -> str:
+    """A UCUM unit as a card shows it ("Cel" -> "°C"); other spellings unchanged."""
+    if unit is None:
+        return ""
+    return _HUMAN.get(unit, unit)
+
+
+def human_quantity(value: float, unit: str | None) -> str:
+    """``38.6 °C``, ``14.2 ×10⁹/L``, ``32 mg/L``, a score as its number."""
+    shown = human_unit(unit)
+    separator = "" if shown in ("", "%") or shown.startswith("/") else " "
+    return f"{value:.4g}{separator}{shown}"

@@ -277,7 +277,8 @@ def _age(q: schema.AgeQuery, *, at_onset: bool) -> Check:
         patient = ctx.record.patient
         born = patient.birth_date if patient is not None else None
         label = "Age when the pain began" if at_onset else "Age"
-        return [Evidence(label, f"{age} years", born, ctx.record.patient_reference())]
+        shown = f"{age} years (born {born[:10]})" if born else f"{age} years"
+        return [Evidence(label, shown, None, ctx.record.patient_reference())]
 
     return run
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from rules.engine.codes.terminology import CodeKey, ValueSet
-from rules.engine.codes.units import convert, known_target
+from rules.engine.codes.units import convert, human_quantity, known_target
 from rules.engine.compiler.context import Check, CompileEnv, DataPath, EvalContext, parse_duration
 from rules.engine.model import schema
 from rules.engine.record.facts import INTERPRETATION, Evidence, Fact
@@ -150,9 +150,9 @@ def quantity(q: schema.QuantityQuery, path: DataPath, env: CompileEnv) -> Check:
                     continue
                 if not _quantity_matches(q, value, fact):
                     continue
-                shown = f"{value:.4g} {q.unit}"
+                shown = human_quantity(value, q.unit)
                 if unit and unit != q.unit:
-                    shown += f" ({raw:g} {unit})"
+                    shown += f" ({human_quantity(raw, unit)})"
                 found.append(record.evidence_of(fact, vs.name, shown))
         return found or None
 

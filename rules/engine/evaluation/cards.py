@@ -15,7 +15,7 @@ import functools
 import hashlib
 import uuid
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -25,6 +25,7 @@ from cds_hooks.response import Action, Card, Coding, Link, Source, Suggestion
 from rules.engine.codes.terminology import CodeKey, Terminology, ValueSet
 from rules.engine.compiler.context import INDICATOR_ORDER, Check
 from rules.engine.record.facts import Evidence, OrderFact
+from rules.engine.record.normalise import short_name
 
 RULE_SYSTEM = "urn:lumbar-cds:rule"
 OVERRIDE_SYSTEM = "urn:lumbar-cds:override-reason"
@@ -179,10 +180,35 @@ def escape_markdown(text: str) -> str:
     return text.translate(_MARKDOWN_ESCAPES)
 
 
-def _evidence_line(item: Evidence) -> str:
-    line = f"- {escape_markdown(item.label)}: {escape_markdown(item.value)}"
+def when_text(date: str, now: datetime) -> str:
+    """A record's date as a clinician reads it: "3 days ago (2026-11-30)"; a partial date ("2026-11") or
+    one after ``now`` as written."""
+    try:
+        day = datetime.fromisoformat(date[:10]).date() if len(date) >= 10 else None
+    except ValueError:
+        day = None
+    if day is None or day > now.date():
+        return date[:10]
+    days = (now.date() - day).days
+    if days == 0:
+        ago = "today"
+    elif days == 1:
+        ago = "yesterday"
+    elif days < 14:
+        ago = f"{days} days ago"
+    elif days < 70:
+        ago = f"{days // 7} weeks ago"
+    elif days < 730:
+        ago = f"{days * 12 // 365} months ago"
+    else:
+        ago = f"{days // 365} years ago"
+    return f"{ago} ({day.isoformat()})"
+
+
+def _evidence_line(item: Evidence, now: datetime) -> str:
+    line = f"- {escape_markdown(item.named)}: {escape_markdown(item.value)}"
     if item.date:
-        line += f", {escape_markdown(item.date[:10])}"
+        line += f", {escape_markdown(when_text(item.date, now))}"
     if item.reference:
         line += f" ({escape_markdown(item.reference)})"
     return line
@@ -201,6 +227,7 @@ def unique_evidence(evidence: list[Evidence]) -> list[Evidence]:
 def render_card(
     plan: CardPlan,
     *,
+    now: datetime,
     hook_instance: str,
     patient_reference: str,
     ruleset_version: str,
@@ -210,12 +237,12 @@ def render_card(
     template = plan.template
     evidence = unique_evidence(plan.evidence)
     detail = [template.detail.strip(), *(f"\n{note.strip()}" for note in plan.notes), "", "**Evidence**"]
-    detail += [_evidence_line(e) for e in evidence]
+    detail += [_evidence_line(e, now) for e in evidence]
     if plan.already:
         detail += ["", "**Already ordered or done, not suggested again**"]
         detail += [
-            f"- {escape_markdown(o.display)}: {found.status}"
-            + (f", {escape_markdown(found.date_text[:10])}" if found.date_text else "")
+            f"- {escape_markdown(short_name(o.display))}: {found.status}"
+            + (f", {escape_markdown(when_text(found.date_text, now))}" if found.date_text else "")
             + f" ({escape_markdown(found.reference)})"
             for o, found in plan.already
         ]
@@ -318,5 +345,6 @@ def _reason_codes(
             continue
         seen.add(code)
         shown = terminology.display(code)
-        reasons.append({"coding": [_coding(code, shown)], "text": shown})
+        text = f"{shown} ({item.site})" if item.site else shown  # the site is part of the finding
+        reasons.append({"coding": [_coding(code, shown)], "text": text})
     return reasons

@@ -167,6 +167,7 @@ def evaluate(ruleset: RuleSet, request: HookRequest, now: datetime) -> Evaluatio
     cards = [
         render_card(
             plan,
+            now=ctx.now,
             hook_instance=request.hook_instance,
             patient_reference=record.patient_reference(),
             ruleset_version=ruleset.version,

@@ -50,7 +50,7 @@ def render(node: Trace, depth: int = 0) -> list[str]:
     for item in node.evidence:
         where = f" ({item.reference})" if item.reference else ""
         when = f", {item.date}" if item.date else ""
-        lines.append(f"{pad}      - {item.label}: {item.value}{when}{where}")
+        lines.append(f"{pad}      - {item.named}: {item.value}{when}{where}")
     for child in node.children:
         lines.extend(render(child, depth + 1))
     return lines

@@ -43,6 +43,23 @@ class Evidence:
     date: str | None = None
     reference: str | None = None
     code: CodeKey | None = None
+    site: str = ""  # where it was found ("Perineal structure", "left"): part of the finding
+
+    @property
+    def named(self) -> str:
+        """The label with the parts of its site the label does not already say: "Numbness (Perineal
+        structure)", but "Numbness of the perineum" and "Right foot drop" as they are."""
+        said = self.label.lower()
+        if "bilateral" in said or "both" in said:
+            said += " both sides"
+        missing = [part for part in self.site.split(", ") if part and not _mentioned(part, said)]
+        return f"{self.label} ({', '.join(missing)})" if missing else self.label
+
+
+def _mentioned(part: str, said: str) -> bool:
+    """Whether a site ("Perineal structure", "left") is already in a label, by the stem of a word."""
+    words = [word for word in part.lower().split() if word not in ("structure", "of", "the")]
+    return any(word[:5] in said for word in words if len(word) >= 4) or part.lower() in said
 
 
 @dataclass(slots=True, eq=False)
@@ -71,10 +88,11 @@ class Fact:
     reference_high: tuple[float, str | None] | None = None
     ongoing: bool = False  # an active Condition, or a Procedure in progress or with an open period
     onset_age: tuple[float, float] | None = None  # onsetAge / onsetRange in years, dated from the birth date
+    site: str = ""  # the body site and side in words, for the card (``normalise.site_words``)
 
     def evidence(self, value: str | None = None, code: CodeKey | None = None) -> Evidence:
         shown = value if value is not None else ("present" if self.present else "absent")
-        return Evidence(self.label, shown, self.date_text, self.reference, code or self.codes[0])
+        return Evidence(self.label, shown, self.date_text, self.reference, code or self.codes[0], self.site)
 
 
 @dataclass(slots=True, eq=False)

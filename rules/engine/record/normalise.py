@@ -14,6 +14,7 @@ Only resources carrying a code the rule set reads (or text matching a value set'
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -86,10 +87,32 @@ def _text(concept: CodeableConcept | None) -> str:
     return " ".join(p for p in [concept.text or "", *(c.display or "" for c in concept.coding)] if p)
 
 
-def _display(concept: CodeableConcept | None) -> str:
+def _display(concept: CodeableConcept | None, missing: str = "(uncoded)") -> str:
     if concept is None:
-        return "(uncoded)"
-    return next((c.display for c in concept.coding if c.display), None) or concept.text or "(uncoded)"
+        return missing
+    return next((c.display for c in concept.coding if c.display), None) or concept.text or missing
+
+
+# A LOINC long common name, "C reactive protein [Mass/volume] in Serum or Plasma": the analyte is what a
+# card needs ("C reactive protein"), the property, system and method are not.
+_LOINC_LONG_NAME = re.compile(r"^(?P<analyte>[^\[\]]+?) \[[^\]]*\]( in [^\[\]]+)?$")
+
+
+def short_name(label: str) -> str:
+    """The analyte of a LOINC long common name ("C reactive protein [Mass/volume] in Serum or Plasma" ->
+    "C reactive protein"); any other label as it is."""
+    match = _LOINC_LONG_NAME.match(label)
+    return match.group("analyte") if match else label
+
+
+def site_words(body_site: Iterable[CodeableConcept] | CodeableConcept | None, sides: frozenset[str]) -> str:
+    """Where a finding was recorded, in words ("Perineal structure", "left", "both sides")."""
+    concepts = [body_site] if isinstance(body_site, CodeableConcept) else list(body_site or ())
+    words = [word for c in concepts if (word := c.text or _display(c, ""))]
+    side = "both sides" if sides >= {"left", "right"} else next(iter(sides), "") if len(sides) == 1 else ""
+    if side and not any(side in word.lower() for word in words):
+        words.append(side)
+    return ", ".join(words)
 
 
 def _range(text: str | None) -> FhirInstantRange | None:
@@ -170,13 +193,14 @@ def observation_fact(obs: Observation, builder: RecordBuilder) -> Fact | None:
         _range(onset_text),
         last.end if last else None,
         onset_text,
-        obs.code.text or _display(obs.code),
+        short_name(obs.code.text or _display(obs.code)),
         sites,
         sides,
         interpretation,
         frozenset(keys_of(obs.value_codeable_concept)),
         quantity,
         high,
+        site=site_words(obs.body_site, sides),
     )
 
 
@@ -252,6 +276,7 @@ def condition_fact(cond: Condition, builder: RecordBuilder) -> Fact | None:
         sides,
         ongoing=current,
         onset_age=onset_age(cond) if explicit is None else None,
+        site=site_words(cond.body_site, sides),
     )
 
 
