@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
@@ -30,6 +31,9 @@ _ISSUE_CODES = {
 
 
 def outcome_response(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    """The OperationOutcome answer; a refusal's reason also goes on the request's log line."""
+    if 400 <= status < 500:
+        log_reason(body)
     return Response(
         orjson.dumps(body), status_code=status, media_type="application/fhir+json", headers=headers
     )
@@ -83,3 +87,11 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(Exception, unexpected)
+
+
+def log_reason(body: dict[str, Any]) -> None:
+    """Put why a request was refused on its access-log line (``reason``): the diagnostics the client gets,
+    which never carry a token or a header value."""
+    issues = body.get("issue") if isinstance(body, dict) else None
+    texts = [str(i.get("diagnostics", "")) for i in issues or () if isinstance(i, dict)]
+    structlog.contextvars.bind_contextvars(reason="; ".join(t for t in texts if t)[:500])

@@ -72,6 +72,7 @@ class BodyLimitMiddleware:
 
 
 async def _reply(send: Send, status: int, diagnostics: str) -> None:
+    structlog.contextvars.bind_contextvars(reason=diagnostics)  # on the request's log line
     code = {413: "too-costly", 408: "timeout"}.get(status, "invalid")
     body = orjson.dumps(operation_outcome(diagnostics, code=code))
     await send(

@@ -25,7 +25,7 @@ from tests.support.sandbox import ISSUER, LOW_BACK_PAIN, MRI_LUMBAR, Sandbox, pa
 ROOT = Path(__file__).resolve().parents[2]
 GUIDE = ROOT / "docs" / "sandbox.md"
 ADMIN = "a-long-admin-token-for-the-sandbox-test"
-_ROW = re.compile(r"^\| `(demo-[a-z0-9-]+)` \|[^|]*\|([^|]*)\|([^|]*)\|\s*$")
+_ROW = re.compile(r"^\| `(demo-[a-z0-9-]+)` \|([^|]*)\|[^|]*\|([^|]*)\|([^|]*)\|\s*$")
 _CARD = re.compile(r"\b(critical|warning|info) `([a-z0-9-]+)`")
 _RATING = re.compile(r"`(appropriate|not-appropriate|no-criteria-apply)`")
 
@@ -39,10 +39,16 @@ def documented() -> dict[str, tuple[Cards, str | None, Cards]]:
         found = _ROW.match(line)
         if found is None:
             continue
-        patient, view, pama = found.groups()
+        patient, _, view, pama = found.groups()
         rating = _RATING.search(pama)
         rows[patient] = (_CARD.findall(view), rating.group(1) if rating else None, _CARD.findall(pama))
     return rows
+
+
+def documented_names() -> dict[str, str]:
+    """docs/sandbox.md's patient table: patient id -> the name the patient picker shows."""
+    found = (_ROW.match(line) for line in GUIDE.read_text(encoding="utf-8").splitlines())
+    return {row.group(1): row.group(2).strip() for row in found if row}
 
 
 def compare(what: str, expected: Cards, response: dict[str, Any]) -> list[str]:
@@ -62,6 +68,18 @@ def test_the_guide_documents_every_demo_patient() -> None:
     assert len(ids) >= 12
     assert set(EXPECTED) == ids
     assert all(view for view, _, _ in EXPECTED.values())
+
+
+def test_each_demo_patient_is_named_for_what_it_shows() -> None:
+    names = {}
+    for path in BUNDLED_DEMO.glob("*.json"):
+        for entry in orjson.loads(path.read_bytes())["entry"]:
+            if entry["resource"]["resourceType"] == "Patient":
+                name = entry["resource"]["name"][0]
+                names[entry["resource"]["id"]] = f"{name['given'][0]} {name['family']}"
+    assert documented_names() == names
+    assert names["demo-cauda-equina"] == "Demo Cauda Equina"
+    assert all(name.startswith("Demo ") for name in names.values())
 
 
 def test_a_wrong_expectation_in_the_guide_fails() -> None:

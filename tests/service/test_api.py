@@ -328,3 +328,37 @@ async def test_metrics_carry_the_process_figures(settings_factory: Any) -> None:
         text = (await client.get("/metrics")).text
     for name in ("process_resident_memory_bytes", "process_cpu_seconds_total", "process_open_fds"):
         assert re.search(rf'^{name}{{pid="{os.getpid()}"}} [0-9.e+]+$', text, re.M), name
+
+
+async def test_a_refusal_is_logged_with_its_reason_and_never_the_token(
+    settings_factory: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    body = builders.hook_request(fhir_server="https://ehr.example.org/fhir")
+    body["fhirAuthorization"] = {"access_token": "tok-SECRET-123", "token_type": "Bearer", "scope": 5}
+    async with running(create_app(settings_factory())) as client:
+        capsys.readouterr()
+        assert (await client.post(SERVICE, json=body)).status_code == 400
+        assert (await client.post(SERVICE, content=b"{not json")).status_code == 400
+    out = capsys.readouterr().out
+    requests = [line for line in map(json.loads, out.splitlines()) if line.get("event") == "request"]
+    assert [line["status"] for line in requests] == [400, 400]
+    assert "fhirAuthorization.scope" in requests[0]["reason"], requests[0]
+    assert requests[1]["reason"], requests[1]
+    assert "tok-SECRET-123" not in out
+
+
+async def test_a_patient_other_than_the_calls_is_a_data_quality_note(
+    settings_factory: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    resources = builders.lbp_today()
+    other = {**resources[0], "id": "someone-else"}
+    prefetch = builders.prefetch_for([other, *resources[1:]], list(builders.PATIENT_VIEW_KEYS))
+    async with running(create_app(settings_factory())) as client:
+        capsys.readouterr()
+        assert (await client.post(SERVICE, json=builders.hook_request(prefetch=prefetch))).status_code == 200
+    notes = [
+        line["note"]
+        for line in map(json.loads, capsys.readouterr().out.splitlines())
+        if line.get("event") == "data quality"
+    ]
+    assert "Patient/someone-else: not the patient of this call; ignored" in notes, notes

@@ -164,7 +164,9 @@ class PatientRecord:
 
     def _add(self, resource: Any, builder: RecordBuilder, medications: dict[str, Medication]) -> None:
         if isinstance(resource, Patient):
-            if resource.id in (None, self.patient_id) and self.patient is None:
+            if resource.id not in (None, self.patient_id):
+                self.notes.append(f"Patient/{resource.id}: not the patient of this call; ignored")
+            elif self.patient is None:
                 self.patient = resource
             return
         if self._about_other_patient(resource):
