@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 import httpx
 import structlog
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 from starlette.middleware.cors import CORSMiddleware
 
 from cds_hooks.jwt import JwksCache
@@ -24,7 +25,7 @@ from service.openapi import install_openapi
 from service.prefetching import fhir_client
 from service.preflight import shown_url, worker_failed
 from service.reload import catalogue_fingerprint, watch_rules
-from service.routes import admin, cds, docs, health
+from service.routes import admin, cds, health
 from service.settings import Settings
 from service.state import AppState, ReloadStatus
 from service.storage.database import Database
@@ -103,20 +104,20 @@ def create_app(
             await state.database.close()
             state.metrics.worker_stopped()
 
-    app = FastAPI(
+    # /docs (Swagger UI) and /redoc with their scripts and styles served by the service itself (the
+    # fastapi-offline package), not from a CDN: they work on a hospital network with no internet access.
+    app = FastAPIOffline(
         title="Lumbar CDS",
         version=__version__,
         lifespan=lifespan,
         description="CDS Hooks 2.0 decision support for low back pain and lower-back weakness.",
-        docs_url=None,  # served offline by routes/docs.py
-        redoc_url=None,
+        static_url="/docs/assets",
     )
     app.state.lumbar = state
     install_error_handlers(app)
     cds.install(app)
     app.include_router(health.router)
     app.include_router(admin.router)
-    docs.install(app)
     install_openapi(app, list(catalogue.hooks))
     app.add_middleware(
         BodyLimitMiddleware, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s

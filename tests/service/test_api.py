@@ -292,15 +292,16 @@ async def test_the_api_docs_need_nothing_from_the_internet(settings_factory: Any
     """/docs names no other host (FastAPI's default loads Swagger UI from a CDN), and every script, style
     and image it names is served by the service itself, with jwt auth on."""
     async with running(create_app(settings_factory(auth="jwt"))) as client:
-        page = await client.get("/docs")
-        assert page.status_code == 200 and "text/html" in page.headers["content-type"]
-        assert not re.findall(r"https?://", page.text), "the page names another host"
-        assets = re.findall(r'(?:src|href)="([^"]+)"', page.text)
-        assert {"/docs/assets/swagger-ui-bundle.js", "/docs/assets/swagger-ui.css"} <= set(assets)
-        for asset in assets:
-            answer = await client.get(asset)
-            assert answer.status_code == 200 and len(answer.content) > 100, asset
-        assert (await client.get("/openapi.json")).status_code == 200  # what the page loads
+        for url, script in (("/docs", "swagger-ui-bundle.js"), ("/redoc", "redoc.standalone.js")):
+            page = await client.get(url)
+            assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+            assert not re.findall(r"(?:src|href)=\"https?://", page.text), f"{url} loads from another host"
+            assets = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+            assert f"/docs/assets/{script}" in assets, assets
+            for asset in assets:
+                answer = await client.get(asset)
+                assert answer.status_code == 200 and len(answer.content) > 100, asset
+        assert (await client.get("/openapi.json")).status_code == 200  # what the pages load
 
 
 async def test_the_openapi_declares_who_may_call_what(settings_factory: Any) -> None:
