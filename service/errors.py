@@ -14,6 +14,8 @@ from starlette.responses import Response
 
 from cds_hooks.outcome import operation_outcome, outcome_from_validation, outcome_issue, outcome_of
 
+log = structlog.get_logger("lumbar.errors")
+
 # FHIR IssueType codes by HTTP status.
 _ISSUE_CODES = {
     400: "invalid",
@@ -80,7 +82,10 @@ def install_error_handlers(app: FastAPI) -> None:
         issues = [outcome_issue(f"{'.'.join(map(str, err['loc']))}: {err['msg']}") for err in errors]
         return outcome_response(400, outcome_of(issues))
 
-    async def unexpected(_: Request, exc: Exception) -> Response:
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.error(  # the bug, once, with where; the client gets no internals
+            "internal error", path=request.url.path, error=f"{type(exc).__name__}: {exc}"[:1000], exc_info=exc
+        )
         return outcome_response(500, operation_outcome("internal error", code="exception"))
 
     app.add_exception_handler(ProblemError, problem)

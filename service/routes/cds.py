@@ -65,6 +65,9 @@ async def call_service(request: Request) -> Response:
     except ProblemError as exc:  # refused (400, 412): audited too
         await audit.done(exc.status)
         raise
+    except Exception:  # a bug: the 500 is audited and counted too (the error handler logs it)
+        await audit.done(500)
+        raise
     _record(state, evaluation, service_id, hook, started)
     await audit.done(200, evaluation)
     return Response(answer, media_type=JSON)

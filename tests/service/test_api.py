@@ -108,6 +108,18 @@ async def test_a_server_not_on_the_allowlist_is_412_and_never_contacted(
             400,
             "invalid JSON",
         ),
+        *(  # a resourceType that is not a string, anywhere in prefetch (was a 500: unhashable)
+            (
+                json.dumps(
+                    builders.hook_request(
+                        prefetch={"conditions": builders.bundle({"resourceType": bad, "id": "x"})}
+                    )
+                ).encode(),
+                400,
+                "prefetch.conditions.entry[0].resource.resourceType",
+            )
+            for bad in ({}, [], 7)
+        ),
     ],
 )
 async def test_malformed_requests_are_400_naming_the_field(
@@ -363,3 +375,14 @@ async def test_a_patient_other_than_the_calls_is_a_data_quality_note(
         if line.get("event") == "data quality"
     ]
     assert "Patient/someone-else: not the patient of this call; ignored" in notes, notes
+
+
+async def test_two_thousand_matching_observations_are_answered_with_the_card(settings_factory: Any) -> None:
+    """Was a 500 (the evidence overflowed the card's detail limit), so no cauda equina card at all."""
+    resources = builders.lbp_today()
+    resources += [{**resources[-1], "id": f"retention-{i}"} for i in range(2000)]
+    async with running(create_app(settings_factory())) as client:
+        response = await client.post(SERVICE, json=builders.patient_view_request(resources))
+    assert response.status_code == 200, response.text[:300]
+    card = response.json()["cards"][0]
+    assert card["indicator"] == "critical" and "- and 1,998 more Retention of urine" in card["detail"]

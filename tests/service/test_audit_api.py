@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 from sqlalchemy import select
 
@@ -239,3 +240,30 @@ async def test_a_merged_card_is_credited_to_each_rule_that_fired_into_it(
         assert (report[rule_id]["cards"], report[rule_id]["overridden"]) == (1, 1), rule_id
     owner = report.get("rf-ces-sphincter-disturbance", {})
     assert owner.get("overridden", 0) == 0 and owner.get("cards", 0) == 0
+
+
+async def test_an_unexpected_failure_is_audited_counted_and_logged(
+    settings_factory: Any,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from service.routes import cds
+
+    def broken(*_: Any) -> Any:
+        raise RuntimeError("a bug in the engine")
+
+    monkeypatch.setattr(cds, "evaluate", broken)
+    app = create_app(settings_factory(database_url=database_url))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)  # as a server answers
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            response = await client.post(SERVICE, json=builders.patient_view_request(builders.lbp_today()))
+            metrics = (await client.get("/metrics")).text
+    assert response.status_code == 500
+    assert response.json()["issue"][0]["diagnostics"] == "internal error"  # no internals for the client
+    assert 'status="500"} 1.0' in metrics
+    assert [row["status"] for row in await _rows(database_url, audit_call)] == [500]
+    logged = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    errors = [line for line in logged if line.get("event") == "internal error"]
+    assert errors and "RuntimeError: a bug in the engine" in errors[0]["error"]

@@ -205,8 +205,41 @@ def when_text(date: str, now: datetime) -> str:
     return f"{ago} ({day.isoformat()})"
 
 
+EVIDENCE_PER_KIND = 3  # the latest records of one kind shown; the others summarised in one line
+EVIDENCE_LINES = 40  # at most this many evidence lines on a card, so it stays within CDS Hooks' limits
+_TEXT_LIMIT = 200  # characters of a record's own label or value shown
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _TEXT_LIMIT else text[: _TEXT_LIMIT - 1] + "…"
+
+
+def evidence_lines(evidence: list[Evidence], now: datetime) -> list[str]:
+    """The evidence as lines, every kind of it shown however many records there are: of each kind (label)
+    the latest ``EVIDENCE_PER_KIND`` records, then "and 1,995 more ..., the earliest ..."; at most
+    ``EVIDENCE_LINES`` lines in all (2,000 matching Observations would otherwise exceed the card's limit)."""
+    kinds: dict[str, list[Evidence]] = {}
+    for item in evidence:
+        kinds.setdefault(item.named, []).append(item)
+    lines: list[str] = []
+    for label, items in kinds.items():
+        if len(items) <= EVIDENCE_PER_KIND:
+            lines += [_evidence_line(item, now) for item in items]
+            continue
+        latest = sorted(items, key=lambda item: item.date or "", reverse=True)
+        lines += [_evidence_line(item, now) for item in latest[:EVIDENCE_PER_KIND]]
+        dated = [item.date for item in latest[EVIDENCE_PER_KIND:] if item.date]
+        earliest = f", the earliest {when_text(min(dated), now)}" if dated else ""
+        more = f"{len(items) - EVIDENCE_PER_KIND:,} more {_clip(label)} records{earliest}"
+        lines.append(f"- and {escape_markdown(more)}")
+    if len(lines) > EVIDENCE_LINES:
+        hidden = len(lines) - (EVIDENCE_LINES - 1)
+        lines = [*lines[: EVIDENCE_LINES - 1], f"- and {hidden:,} more lines of evidence in the record"]
+    return lines
+
+
 def _evidence_line(item: Evidence, now: datetime) -> str:
-    line = f"- {escape_markdown(item.named)}: {escape_markdown(item.value)}"
+    line = f"- {escape_markdown(_clip(item.named))}: {escape_markdown(_clip(item.value))}"
     if item.date:
         line += f", {escape_markdown(when_text(item.date, now))}"
     if item.reference:
@@ -237,7 +270,7 @@ def render_card(
     template = plan.template
     evidence = unique_evidence(plan.evidence)
     detail = [template.detail.strip(), *(f"\n{note.strip()}" for note in plan.notes), "", "**Evidence**"]
-    detail += [_evidence_line(e, now) for e in evidence]
+    detail += evidence_lines(evidence, now)
     if plan.already:
         detail += ["", "**Already ordered or done, not suggested again**"]
         detail += [
