@@ -123,6 +123,10 @@ async def _follow_events(state: AppState, directory: Path, stop: asyncio.Event) 
             recursive=True,
             ignore_permission_denied=True,
         ):
-            await reload_rules(state, directory)
-    except Exception as exc:  # noqa: BLE001  # a broken watcher must not take the service down
-        log.error("rule watcher stopped", error=f"{type(exc).__name__}: {exc}")
+            try:
+                await reload_rules(state, directory)
+            except Exception as exc:  # noqa: BLE001  # one failed reload must not end the watching
+                log.error("rule reload failed", error=f"{type(exc).__name__}: {exc}")
+    except Exception as exc:  # noqa: BLE001  # a broken watcher must not take the service down...
+        state.reload.watcher_stopped = f"{type(exc).__name__}: {exc}"[:300]  # ...but /readyz says so
+        log.error("rule watcher stopped", error=state.reload.watcher_stopped)

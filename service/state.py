@@ -25,6 +25,7 @@ class ReloadStatus:
     errors: list[str] = field(default_factory=list)
     reloads: int = 0
     fingerprint: str = ""  # of the rules directory as last loaded (or attempted), see service.reload
+    watcher_stopped: str = ""  # why the file watcher died (then /readyz fails: edits go unseen)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
     def to_json(self) -> dict[str, object]:
@@ -33,6 +34,8 @@ class ReloadStatus:
             out["at"] = self.at
         if self.errors:
             out["errors"] = self.errors
+        if self.watcher_stopped:
+            out["watcher"] = f"stopped: {self.watcher_stopped}"
         return out
 
 

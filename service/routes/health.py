@@ -20,8 +20,9 @@ async def healthz() -> Response:
 async def readyz(state: State) -> Response:
     ruleset = state.catalogue.ruleset
     database = await state.database.ping()
+    ready = database and not state.reload.watcher_stopped  # a dead watcher: rule edits would go unseen
     body = {
-        "status": "ready" if database else "not-ready",
+        "status": "ready" if ready else "not-ready",
         "rules": {
             "version": ruleset.version,
             "count": len(ruleset.rules),
@@ -30,7 +31,7 @@ async def readyz(state: State) -> Response:
         },
         "database": "reachable" if database else "unreachable",
     }
-    return Response(orjson.dumps(body), status_code=200 if database else 503, media_type="application/json")
+    return Response(orjson.dumps(body), status_code=200 if ready else 503, media_type="application/json")
 
 
 @router.get("/metrics", summary="Prometheus metrics")

@@ -148,3 +148,50 @@ def test_the_fingerprint_sees_content_names_and_removals(catalog: Path) -> None:
     edit(catalog / ADVICE, "indicator: info", "indicator: warn")  # same size, later mtime
     assert reload_module.catalogue_fingerprint(catalog) != first
     assert reload_module.catalogue_fingerprint(catalog / "missing") != first
+
+
+async def test_a_watcher_that_dies_makes_readyz_fail(
+    settings_factory: Any, catalog: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*_: Any, **__: Any) -> Any:
+        raise OSError("inotify watch limit reached")
+
+    monkeypatch.setattr(reload_module, "awatch", broken)
+    app = create_app(settings_factory(rules_dir=catalog))
+    async with running(app) as client:
+        for _ in range(40):
+            if app.state.lumbar.reload.watcher_stopped:
+                break
+            await asyncio.sleep(0.05)
+        ready = await client.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["rules"]["reload"]["watcher"] == "stopped: OSError: inotify watch limit reached"
+
+
+async def test_a_reload_that_raises_does_not_end_the_watching(
+    settings_factory: Any, catalog: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = create_app(settings_factory(rules_dir=catalog))
+    state = app.state.lumbar
+    calls: list[int] = []
+    real = reload_module.reload_rules
+
+    async def flaky(*args: Any) -> bool:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a loader bug")
+        return await real(*args)
+
+    monkeypatch.setattr(reload_module, "reload_rules", flaky)
+    async with running(app) as client:
+        await asyncio.sleep(0.3)
+        before = state.catalogue.ruleset.version
+        edit(catalog / ADVICE, OLD_SUMMARY, "Self-management: stay active and keep moving")
+        await asyncio.sleep(0.6)
+        edit(catalog / ADVICE, "stay active and keep moving", "stay active and keep walking")
+        started = time.monotonic()
+        while state.catalogue.ruleset.version == before:
+            assert time.monotonic() - started < 3.0, "the watcher stopped after the failed reload"
+            await asyncio.sleep(0.05)
+        assert (await client.get("/readyz")).status_code == 200
+    assert len(calls) >= 2 and not state.reload.watcher_stopped

@@ -367,7 +367,8 @@ def _check_sections(loader: Loader, document: SourceDocument, shared: _Shared) -
     else:
         compile_condition(when, ("when",), env)
     card = data.get("card")
-    for index, item in enumerate(card.get("suggestions", []) if isinstance(card, dict) else []):
+    items = card.get("suggestions") if isinstance(card, dict) else None
+    for index, item in enumerate(items if isinstance(items, list) else []):
         try:
             suggestion = schema.SuggestionSpec.model_validate(item)
         except ValidationError:
@@ -583,7 +584,12 @@ def load_ruleset(directory: Path) -> RuleSet:
     failed: set[str] = set()
     shared = _Shared(valuesets, terminology, definitions)
     for path in files:
-        rule = _compile_rule(loader, path, shared)
+        try:
+            rule = _compile_rule(loader, path, shared)
+        except Exception as exc:  # noqa: BLE001  # a loader bug: a located error, never a dead watcher
+            problem = f"this file could not be loaded ({type(exc).__name__}: {exc}); please report it"
+            loader.diagnostics.append(Diagnostic(loader.display(path), 1, 1, problem))
+            rule = None
         if rule is None:
             failed.add(path.stem)
             continue
