@@ -386,3 +386,10 @@ async def test_two_thousand_matching_observations_are_answered_with_the_card(set
     assert response.status_code == 200, response.text[:300]
     card = response.json()["cards"][0]
     assert card["indicator"] == "critical" and "- and 1,998 more Retention of urine" in card["detail"]
+
+
+async def test_readyz_names_the_rule_files_without_server_paths(settings_factory: Any) -> None:
+    async with running(create_app(settings_factory())) as client:
+        files = (await client.get("/readyz")).json()["rules"]["files"]
+    assert "rf-ces-sphincter-disturbance.yaml" in files and "valuesets/sphincter-disturbance.yaml" in files
+    assert not any(name.startswith("/") or ".." in name for name in files), list(files)[:3]

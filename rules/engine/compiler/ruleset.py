@@ -117,7 +117,7 @@ class RuleSet:
     back_pain: ValueSet  # the gate: no rule acts without low back pain in the record (B4)
     builder: RecordBuilder
     version: str
-    file_hashes: dict[str, str]
+    file_hashes: dict[str, str]  # by the path inside the catalogue (no server paths: /readyz shows them)
     prefetch: dict[str, dict[str, str]] = field(default_factory=dict)
     warnings: tuple[Diagnostic, ...] = ()  # problems that do not stop loading (e.g. unused value sets)
     icd_refs: tuple[tuple[str, Diagnostic], ...] = ()  # ICD-10-CM codes and spans, where written
@@ -635,7 +635,7 @@ def load_ruleset(directory: Path) -> RuleSet:
         back_pain,
         builder,
         digest[:16],
-        dict(loader.hashes),
+        dict(sorted(loader.by_name.items())),
         warnings=tuple(sorted(d for d in loader.diagnostics if d.severity == "warning")),
         icd_refs=tuple(loader.icd_refs),
     )
