@@ -112,17 +112,39 @@ class Discovery(WireModel):
 Rfc3339 = Annotated[str, StringConstraints(pattern=FHIR_DATETIME_PATTERN, min_length=20)]
 
 
+# Feedback text as every store keeps it: at most the column's length, and no NUL character (PostgreSQL's
+# text types refuse it). Checked here, so both databases store or refuse exactly the same items: a value that
+# cannot be stored is the client's 400, never a "retry later" that can never succeed.
+_NO_NUL = r"^[^\x00]*$"
+
+
+Id200 = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=_NO_NUL)]
+Text100 = Annotated[str, StringConstraints(max_length=100, pattern=_NO_NUL)]
+Text200 = Annotated[str, StringConstraints(max_length=200, pattern=_NO_NUL)]
+Text500 = Annotated[str, StringConstraints(max_length=500, pattern=_NO_NUL)]
+Text4000 = Annotated[str, StringConstraints(max_length=4000, pattern=_NO_NUL)]
+
+
 class AcceptedSuggestion(WireModel):
-    id: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    id: Id200
+
+
+class FeedbackCoding(WireModel):
+    """An override reason's coding, within what the feedback store keeps."""
+
+    system: Text500 | None = None
+    code: Text200
+    display: Text500 | None = None
+    version: Text100 | None = None
 
 
 class OverrideReason(WireModel):
-    reason: Coding | None = None
-    user_comment: Annotated[str, StringConstraints(max_length=4000)] | None = None
+    reason: FeedbackCoding | None = None
+    user_comment: Text4000 | None = None
 
 
 class FeedbackItem(WireModel):
-    card: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    card: Id200
     outcome: Literal["accepted", "overridden"]
     accepted_suggestions: tuple[AcceptedSuggestion, ...] = ()
     override_reason: OverrideReason | None = None

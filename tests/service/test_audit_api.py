@@ -267,3 +267,20 @@ async def test_an_unexpected_failure_is_audited_counted_and_logged(
     logged = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     errors = [line for line in logged if line.get("event") == "internal error"]
     assert errors and "RuntimeError: a bug in the engine" in errors[0]["error"]
+
+
+async def test_feedback_no_store_can_keep_is_a_400_naming_the_field_on_both_databases(
+    settings_factory: Any, database_url: str
+) -> None:
+    item = {
+        "card": "a-card",
+        "outcome": "overridden",
+        "overrideReason": {"reason": {"code": "c" * 201}},
+        "outcomeTimestamp": "2026-11-21T10:00:00Z",
+    }
+    good = {**item, "card": "another-card", "overrideReason": {"reason": {"code": "already-managed"}}}
+    async with running(create_app(settings_factory(database_url=database_url))) as client:
+        response = await client.post(f"{SERVICE}/feedback", json={"feedback": [good, item]})
+    assert response.status_code == 400, response.text
+    assert "feedback[1].overrideReason.reason.code" in response.text
+    assert await _rows(database_url, feedback) == []  # refused whole, the same on SQLite and PostgreSQL

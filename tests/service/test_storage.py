@@ -425,3 +425,57 @@ def test_replicas_starting_together_migrate_one_at_a_time(tmp_path: Any) -> None
 
     with throwaway_database("postgresql", tmp_path) as url:
         assert asyncio.run(start_together(url)) == 0
+
+
+LONGEST = {  # the longest override values the feedback store keeps, on both databases
+    "system": "urn:" + "s" * 496,
+    "code": "c" * 200,
+    "display": "d" * 500,
+}
+
+
+async def test_the_longest_valid_feedback_is_stored_on_both_databases(db: Database) -> None:
+    item = {
+        "card": "x" * 200,
+        "outcome": "overridden",
+        "overrideReason": {"reason": LONGEST, "userComment": "ü" * 4000},
+        "outcomeTimestamp": "2026-11-21T10:00:00Z",
+    }
+    assert await db.store_feedback("lumbar-patient-view", _items(item), None) == 1
+    async with db.engine.connect() as connection:
+        row = (await connection.execute(select(feedback))).mappings().one()
+    assert (row["override_code"], len(row["override_display"]), len(row["user_comment"])) == (
+        "c" * 200,
+        500,
+        4000,
+    )
+
+
+@pytest.mark.parametrize(
+    ("where", "value"),
+    [
+        (("reason", "code"), "c" * 201),
+        (("reason", "display"), "d" * 501),
+        (("reason", "system"), "s" * 501),
+        (("reason", "code"), "bad\x00code"),
+        (("userComment",), "a comment with a NUL \x00 in it"),
+        (("userComment",), "x" * 4001),
+    ],
+)
+def test_feedback_a_store_cannot_keep_is_refused_as_the_clients_error(
+    where: tuple[str, ...], value: str
+) -> None:
+    """Refused by the model, the same on both databases (PostgreSQL once answered 503 for ever)."""
+    reason: dict[str, Any] = {"reason": {"code": "already-managed"}, "userComment": "ok"}
+    if where == ("userComment",):
+        reason["userComment"] = value
+    else:
+        reason["reason"][where[1]] = value
+    item = {
+        "card": "x",
+        "outcome": "overridden",
+        "overrideReason": reason,
+        "outcomeTimestamp": "2026-11-21T10:00:00Z",
+    }
+    with pytest.raises(ValueError, match="overrideReason"):
+        _items(item)
