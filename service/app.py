@@ -25,6 +25,7 @@ from service.openapi import install_openapi
 from service.prefetching import fhir_client
 from service.preflight import shown_url, worker_failed
 from service.reload import catalogue_fingerprint, watch_rules
+from service.replay import ReplayGuard
 from service.routes import admin, cds, health
 from service.settings import Settings
 from service.state import AppState, ReloadStatus
@@ -80,6 +81,7 @@ def create_app(
             limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
         )
         state.jwks = JwksCache(state.http)
+        state.replay = ReplayGuard(state.database, state.metrics)
         state.fhir = fhir_client(state.http, settings)
         state.metrics.set_ruleset(catalogue.ruleset.version, len(catalogue.ruleset.rules))
         stop = asyncio.Event()

@@ -30,7 +30,8 @@ async def client_issuer(request: Request, state: AppState) -> str | None:
     """The calling client's issuer, from its JWT (CDS Hooks 2.0); ``None`` when authentication is off.
 
     Every failure is the same bare 401: the caller learns nothing about why. The reason is logged, never the
-    token. If the shared replay store cannot be reached the call is refused with 503 (fail closed).
+    token. If the shared replay store does not answer, replays are refused by this worker alone
+    (``service.replay``); anything else unexpected is a 503.
     """
     settings = state.settings
     if settings.auth == "off":
@@ -38,19 +39,20 @@ async def client_issuer(request: Request, state: AppState) -> str | None:
     base = settings.public_base_url or f"{request.url.scheme}://{request.url.netloc}"
     audience = base + request.url.path
     assert state.jwks is not None  # set by the lifespan
+    assert state.replay is not None
     try:
         return await authenticate(
             request.headers.get("authorization"),
             audience,
             state.clients,
             state.jwks,
-            state.database.remember_jti,
+            state.replay.remember,  # the shared store, or this worker's memory while it is down
         )
     except AuthenticationError as exc:
         state.metrics.auth_failures.inc()
         log.warning("client authentication failed", reason=str(exc), path=request.url.path)
         raise ProblemError(401, "authentication failed", headers={"WWW-Authenticate": "Bearer"}) from None
-    except Exception as exc:  # noqa: BLE001  # the replay store is down: refuse rather than risk a replay
+    except Exception as exc:  # noqa: BLE001  # e.g. a key set that cannot be read: refuse, retry later
         log.error("client authentication unavailable", error=type(exc).__name__)
         raise ProblemError(
             503, "authentication unavailable; retry later", headers={"Retry-After": "5"}

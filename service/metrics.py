@@ -69,6 +69,16 @@ class Metrics:
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10),
         )
         self.feedback = Counter("lumbar_feedback_items", "Feedback items stored", ["outcome"], registry=r)
+        self.replay_fallbacks = Counter(
+            "lumbar_replay_store_fallbacks",
+            "Client JWTs checked for replay in this worker only, the shared store not answering",
+            registry=r,
+        )
+        self.replays_found_late = Counter(
+            "lumbar_replays_found_late",
+            "Client JWTs found replayed to another worker once the replay store answered again",
+            registry=r,
+        )
         self.auth_failures = Counter(
             "lumbar_auth_failures", "Calls refused for client authentication", registry=r
         )

@@ -12,6 +12,7 @@ from cds_hooks.jwt import JwksCache, TrustedClient
 from service.audit import AuditWriter, PatientPseudonym
 from service.catalogue import Catalogue
 from service.metrics import Metrics
+from service.replay import ReplayGuard
 from service.settings import Settings
 from service.storage.database import Database
 
@@ -49,6 +50,7 @@ class AppState:
     fhir: FhirClient | None = None
     clients: dict[str, TrustedClient] = field(default_factory=dict)  # trusted CDS clients, by issuer
     jwks: JwksCache | None = None
+    replay: ReplayGuard | None = None  # set by the lifespan
     reload: ReloadStatus = field(default_factory=ReloadStatus)
     audit: AuditWriter | None = None  # started by the lifespan
     pseudonym: PatientPseudonym | None = None  # how patient ids enter the audit trail

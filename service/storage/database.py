@@ -188,7 +188,11 @@ class Database:
         sqlite_file = self.dialect == "sqlite" and parsed.database not in (None, "", ":memory:")
         if sqlite_file:
             Path(str(parsed.database)).parent.mkdir(parents=True, exist_ok=True)
-        self.engine: AsyncEngine = create_async_engine(url, pool_pre_ping=True)
+        # Short, explicit waits on PostgreSQL: a partition must not hold a call (or /readyz) for minutes.
+        timeouts: dict[str, Any] = {}
+        if self.dialect == "postgresql":
+            timeouts = {"pool_timeout": 2, "connect_args": {"timeout": 2, "command_timeout": 5}}
+        self.engine: AsyncEngine = create_async_engine(url, pool_pre_ping=True, **timeouts)
         if self.dialect == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         # SQLite audit batches are written from a thread of their own, with the plain sqlite3 driver: see
@@ -223,11 +227,16 @@ class Database:
                 return
             await connection.run_sync(_upgrade)
 
-    async def ping(self) -> bool:
-        try:
+    async def ping(self, timeout_s: float = 2.0) -> bool:
+        """Whether the database answers a trivial query within ``timeout_s`` (readiness)."""
+
+        async def select_one() -> None:
             async with self.engine.connect() as connection:
                 await connection.execute(text("SELECT 1"))
-        except Exception:  # noqa: BLE001  # readiness reports any failure as "not reachable"
+
+        try:
+            await asyncio.wait_for(select_one(), timeout_s)
+        except Exception:  # noqa: BLE001  # readiness reports any failure, a timeout too, as "not reachable"
             return False
         return True
 

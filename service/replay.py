@@ -1,0 +1,79 @@
+"""Replay refusal that does not take decision support down with the database.
+
+A client JWT id (``jti``) is remembered in the shared store (the database), so a replay is refused by every
+worker and replica. When the store does not answer within ``TIMEOUT_S`` (an outage, a partition), the call
+is still served: the id is remembered in this worker only, which still refuses a replay to this worker,
+logged and counted (``lumbar_replay_store_fallbacks``). Once the store answers again the ids remembered
+meanwhile are written to it; one it had already seen was a replay to another worker during the outage, and
+is logged and counted as such (``lumbar_replays_found_late``). The trade-off is in docs/security.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import structlog
+
+from service.metrics import Metrics
+from service.storage.database import Database
+
+TIMEOUT_S = 2.0  # the longest a hook call waits for the replay store
+log = structlog.get_logger("lumbar.replay")
+
+
+class ReplayGuard:
+    def __init__(self, database: Database, metrics: Metrics, timeout_s: float = TIMEOUT_S) -> None:
+        self.database = database
+        self.metrics = metrics
+        self.timeout_s = timeout_s
+        self.local: dict[tuple[str, str], int] = {}  # ids accepted while the store could not answer
+        self._resync: list[tuple[str, str, int]] = []
+
+    async def remember(self, issuer: str, jti: str, expires_at: int) -> bool:
+        """Record a client JWT id; False for a replay (seen by the store, or by this worker meanwhile)."""
+        key = (issuer, jti)
+        if key in self.local:
+            return False
+        try:
+            fresh = await asyncio.wait_for(
+                self.database.remember_jti(issuer, jti, expires_at), self.timeout_s
+            )
+        except Exception as exc:  # noqa: BLE001  # the store is down or partitioned: serve, guarded locally
+            self._remember_locally(issuer, jti, expires_at)
+            self.metrics.replay_fallbacks.inc()
+            log.warning(
+                "replay store unavailable: checked in this worker only",
+                error=type(exc).__name__,
+                pending=len(self._resync),
+            )
+            return True
+        if self._resync:
+            await self._write_back()
+        return fresh
+
+    async def _store(self, issuer: str, jti: str, expires_at: int) -> bool:
+        return await asyncio.wait_for(self.database.remember_jti(issuer, jti, expires_at), self.timeout_s)
+
+    def _remember_locally(self, issuer: str, jti: str, expires_at: int) -> None:
+        now = int(time.time())
+        if len(self.local) > 100_000 or len(self.local) % 1000 == 0:  # keep it to the ids still valid
+            self.local = {k: e for k, e in self.local.items() if e >= now}
+        self.local[(issuer, jti)] = expires_at
+        self._resync.append((issuer, jti, expires_at))
+
+    async def _write_back(self) -> None:
+        """The ids remembered during the outage, into the store; one it knew was replayed elsewhere."""
+        pending, self._resync = self._resync, []
+        for index, (issuer, jti, expires_at) in enumerate(pending):
+            try:
+                fresh = await self._store(issuer, jti, expires_at)
+            except Exception:  # noqa: BLE001  # down again: keep the rest for the next time
+                self._resync = pending[index:] + self._resync
+                return
+            if not fresh:
+                self.metrics.replays_found_late.inc()
+                log.error(
+                    "a token was replayed to another worker while the replay store was down", issuer=issuer
+                )
+        log.info("replay store back: ids remembered during the outage written", count=len(pending))

@@ -1,0 +1,99 @@
+"""Replay refusal through a database outage and a partition: calls are served, replays to the same worker
+are still refused, and the ids remembered meanwhile reach the shared store when it answers again."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from service.metrics import Metrics
+from service.replay import ReplayGuard
+from service.storage.database import Database
+
+pytestmark = pytest.mark.anyio
+LATER = int(time.time()) + 300
+
+
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    """A TCP server that accepts connections and never answers: a network partition."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(50)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1]
+    stop.set()
+    thread.join()
+    for connection in held:
+        connection.close()
+    listener.close()
+
+
+@pytest.mark.parametrize("outage", ["refused", "partition"])
+async def test_calls_are_served_through_an_outage_and_replays_to_this_worker_refused(
+    outage: str, silent_server: int
+) -> None:
+    port = 1 if outage == "refused" else silent_server
+    database = Database(f"postgresql+asyncpg://lumbar@127.0.0.1:{port}/lumbar")
+    metrics = Metrics()
+    guard = ReplayGuard(database, metrics, timeout_s=0.5)
+    try:
+        started = time.monotonic()
+        assert await guard.remember("https://ehr.example.org", "jti-1", LATER) is True  # served
+        assert time.monotonic() - started < 2.0  # not held by the partition
+        assert await guard.remember("https://ehr.example.org", "jti-1", LATER) is False  # the replay
+        assert await guard.remember("https://ehr.example.org", "jti-2", LATER) is True
+    finally:
+        await database.close()
+    assert b"lumbar_replay_store_fallbacks_total 2.0" in metrics.render()
+
+
+async def test_ids_remembered_during_the_outage_reach_the_store_when_it_is_back(tmp_path: Path) -> None:
+    database = Database(f"sqlite+aiosqlite:///{tmp_path}/replay.db")
+    await database.migrate()
+    metrics = Metrics()
+    guard = ReplayGuard(database, metrics)
+    real = database.remember_jti
+
+    async def down(*_: object) -> bool:
+        raise ConnectionRefusedError("the database is down")
+
+    try:
+        database.remember_jti = down  # type: ignore[method-assign]
+        assert await guard.remember("iss", "during", LATER) is True
+        assert await real("iss", "elsewhere", LATER) is True  # another worker took this one meanwhile...
+        guard._remember_locally("iss", "elsewhere", LATER)  # ...and so did this one, during the outage
+        database.remember_jti = real  # type: ignore[method-assign]
+        assert await guard.remember("iss", "after", LATER) is True  # the store answers: write-back
+        assert await real("iss", "during", LATER) is False  # now known to every worker
+    finally:
+        await database.close()
+    assert b"lumbar_replays_found_late_total 1.0" in metrics.render()
+
+
+async def test_readyz_answers_within_its_bound_during_a_partition(silent_server: int) -> None:
+    database = Database(f"postgresql+asyncpg://lumbar@127.0.0.1:{silent_server}/lumbar")
+    try:
+        started = time.monotonic()
+        assert await database.ping(timeout_s=0.5) is False
+        assert time.monotonic() - started < 1.5
+    finally:
+        await asyncio.wait_for(database.close(), 5)
