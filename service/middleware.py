@@ -11,6 +11,7 @@ import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cds_hooks.outcome import operation_outcome
+from service.errors import ProblemError
 
 _log = structlog.get_logger("lumbar.access")
 _QUIET = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -18,7 +19,10 @@ _QUIET = frozenset({"/healthz", "/readyz", "/metrics"})
 
 class BodyLimitMiddleware:
     """Refuse request bodies over ``max_bytes`` with 413, whether announced by Content-Length or streamed, and
-    bodies that take longer than ``timeout_s`` to arrive with 408 (a slow client cannot hold a worker)."""
+    bodies that take longer than ``timeout_s`` to arrive with 408 (a slow client cannot hold a worker).
+
+    A body is read only when the handler reads it, after it has authenticated the caller: an unauthenticated
+    caller cannot make a worker buffer megabytes (an announced length over the limit is refused at once)."""
 
     def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float = 10.0) -> None:
         self.app = app
@@ -39,36 +43,27 @@ class BodyLimitMiddleware:
                 if announced > self.max_bytes:
                     await _reply(send, 413, f"request body larger than {self.max_bytes} bytes")
                     return
-        chunks: list[bytes] = []
         size = 0
-        more = True
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                while more:
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        return
-                    chunk = message.get("body", b"")
-                    size += len(chunk)
-                    if size > self.max_bytes:
-                        await _reply(send, 413, f"request body larger than {self.max_bytes} bytes")
-                        return
-                    chunks.append(chunk)
-                    more = message.get("more_body", False)
-        except TimeoutError:
-            await _reply(send, 408, f"request body not received within {self.timeout_s:g} s")
-            return
-        body = b"".join(chunks)
-        sent = False
+        deadline: float | None = None
+        close = {"Connection": "close"}  # the rest of a refused body is not read
 
-        async def replay() -> Message:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
+        async def limited() -> Message:
+            nonlocal size, deadline
+            loop = asyncio.get_running_loop()
+            deadline = deadline or loop.time() + self.timeout_s  # from the first read of the body
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0.0))
+            except TimeoutError:
+                raise ProblemError(
+                    408, f"request body not received within {self.timeout_s:g} s", headers=close
+                ) from None
+            if message["type"] == "http.request":
+                size += len(message.get("body", b""))
+                if size > self.max_bytes:
+                    raise ProblemError(413, f"request body larger than {self.max_bytes} bytes", headers=close)
+            return message
 
-        await self.app(scope, replay, send)
+        await self.app(scope, limited, send)
 
 
 async def _reply(send: Send, status: int, diagnostics: str) -> None:

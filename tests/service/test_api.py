@@ -393,3 +393,18 @@ async def test_readyz_names_the_rule_files_without_server_paths(settings_factory
         files = (await client.get("/readyz")).json()["rules"]["files"]
     assert "rf-ces-sphincter-disturbance.yaml" in files and "valuesets/sphincter-disturbance.yaml" in files
     assert not any(name.startswith("/") or ".." in name for name in files), list(files)[:3]
+
+
+async def test_an_unauthenticated_body_is_not_read(settings_factory: Any) -> None:
+    """A caller without a valid token cannot make the worker buffer its body: 401 before reading it."""
+    sent: list[int] = []
+
+    async def body() -> Any:
+        for _ in range(60):  # 60 x 64 KB, announced by no Content-Length
+            sent.append(1)
+            yield b" " * 65_536
+
+    async with running(create_app(settings_factory(auth="jwt"))) as client:
+        response = await client.post(SERVICE, content=body(), headers={"Content-Type": "application/json"})
+    assert response.status_code == 401
+    assert len(sent) <= 2, f"{len(sent)} chunks of the body were read before authentication"
