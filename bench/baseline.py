@@ -17,7 +17,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from starlette.responses import Response
 
-from service.cli import UVICORN_OPTIONS
+from service.cli import uvicorn_options
 
 JSON = "application/json"
 ANSWER = orjson.dumps({"cards": []})
@@ -46,7 +46,7 @@ def main() -> None:
         host=args.host,
         port=args.port,
         workers=1,
-        **UVICORN_OPTIONS,  # exactly the service's settings
+        **uvicorn_options(),  # exactly the service's settings
     )
 
 

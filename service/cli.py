@@ -202,14 +202,26 @@ async def _complete(settings: Settings, ruleset: RuleSet, request: Any) -> Any:
 
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
 # How `lumbar serve` runs uvicorn (the benchmark's baseline uses the same, bench/baseline.py).
+def uvicorn_options() -> dict[str, Any]:
+    """How ``lumbar serve`` runs uvicorn (the bench's baseline server runs the same)."""
+    from service.http_protocol import GuardedHttpToolsProtocol  # imported only to serve
+
+    # httptools, with header size and time limits (service/http_protocol.py)
+    return {**UVICORN_OPTIONS, "http": GuardedHttpToolsProtocol}
+
+
 UVICORN_OPTIONS: dict[str, Any] = {
     "loop": "uvloop",
-    "http": "httptools",
     "access_log": False,
     "log_config": None,
     "proxy_headers": False,
     "timeout_keep_alive": 5,
+    # Connections (and requests) per worker: below the usual 1,024 open-file limit, so that idle sockets
+    # cannot lock callers out; beyond it uvicorn answers 503.
+    "limit_concurrency": 900,
 }
 
 
@@ -290,7 +302,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             host=args.host,
             port=args.port,
             workers=args.workers,
-            **UVICORN_OPTIONS,
+            **uvicorn_options(),
         )
     finally:
         if created:

@@ -250,3 +250,38 @@ def test_no_secret_is_ever_logged(server: tuple[str, Path], fhir: FhirTestServer
     assert ACCESS_TOKEN not in text
     assert jwt_header["Authorization"][7:] not in text
     assert jwt_header["Authorization"][7:].split(".")[2] not in text  # not even the signature
+
+
+def test_oversized_headers_get_431_and_leave_the_worker_small(server: tuple[str, Path]) -> None:
+    """20 MB of headers once grew a worker to ~590 MB: now the connection is refused at 64 KB."""
+    base, _ = server
+    parts = urlsplit(base)
+    answers = []
+    for _ in range(5):
+        with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+            sock.sendall(f"GET /healthz HTTP/1.1\r\nHost: {parts.netloc}\r\nX-Junk: ".encode())
+            try:
+                for _ in range(40):  # up to 20 MB, as long as the server reads
+                    sock.sendall(b"a" * 524_288)
+            except OSError:
+                pass  # refused and closed mid-way: what should happen
+            answers.append(sock.recv(200).decode(errors="replace"))
+    assert all(answer.startswith("HTTP/1.1 431") for answer in answers), answers
+    assert httpx.get(base + "/healthz").status_code == 200
+
+
+def test_idle_and_slow_header_connections_are_closed(server: tuple[str, Path]) -> None:
+    """Sockets that never send a whole request are answered 408 and closed after 10 s, not held for ever."""
+    base, _ = server
+    parts = urlsplit(base)
+    idle = socket.create_connection((parts.hostname, parts.port), timeout=20)
+    slow = socket.create_connection((parts.hostname, parts.port), timeout=20)
+    slow.sendall(f"GET /healthz HTTP/1.1\r\nHost: {parts.netloc}\r\n".encode())  # headers never end
+    started = time.monotonic()
+    try:
+        answers = [idle.recv(200).decode(errors="replace"), slow.recv(200).decode(errors="replace")]
+    finally:
+        idle.close()
+        slow.close()
+    assert all(answer.startswith("HTTP/1.1 408") for answer in answers), answers
+    assert 8 < time.monotonic() - started < 15
