@@ -17,13 +17,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import structlog
 from watchfiles import awatch
 
-from rules.engine import RuleSetError
+from rules.engine import RuleSet, RuleSetError
 from service import collector
 from service.catalogue import RuleTestsFailed, build_catalogue, load_tested
 from service.state import AppState
@@ -32,17 +33,40 @@ log = structlog.get_logger("lumbar.reload")
 RECONCILE_S = 3.0  # the bound on how late a change missed by the file-system watcher is picked up
 
 
+QUIET_S = 0.25  # a catalogue is read only once no file under it has changed for this long
+ATTEMPTS = 5  # reads of a catalogue that keeps changing under the reader, before giving up until the next
+
+
 def catalogue_fingerprint(directory: Path) -> str:
     """A digest of every file's relative path, size and modification time under ``directory``."""
+    return _scan(directory)[0]
+
+
+def _scan(directory: Path) -> tuple[str, float]:
+    """The fingerprint, and when the newest file under ``directory`` was last modified (epoch seconds)."""
     digest = hashlib.blake2b(digest_size=16)
+    newest = 0.0
     try:
         for path in sorted(directory.rglob("*")):
             with contextlib.suppress(OSError):  # a file renamed away between listing and stat
                 info = path.stat()
+                newest = max(newest, info.st_mtime)
                 digest.update(f"{path.relative_to(directory)}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
     except OSError as exc:  # the directory itself is gone: a distinct fingerprint, so it gets retried
         digest.update(f"unreadable: {exc}".encode())
-    return digest.hexdigest()
+    return digest.hexdigest(), newest
+
+
+async def _quiet_snapshot(directory: Path) -> str:
+    """Wait until no file has changed for ``QUIET_S`` (an editor or a copy still writing; at most 5 s, and a
+    modification time in the future counts as quiet), then fingerprint."""
+    give_up = time.monotonic() + 5.0
+    while True:
+        fingerprint, newest = await asyncio.to_thread(_scan, directory)
+        wait = newest + QUIET_S - time.time()
+        if wait <= 0 or wait > QUIET_S or time.monotonic() > give_up:
+            return fingerprint
+        await asyncio.sleep(wait)
 
 
 async def reload_rules(state: AppState, directory: Path) -> bool:
@@ -52,24 +76,46 @@ async def reload_rules(state: AppState, directory: Path) -> bool:
 
 
 async def _reload(state: AppState, directory: Path) -> bool:
+    """A consistent snapshot: read once the files have been quiet for ``QUIET_S``, and swapped in only if
+    they are still the same after reading (a write during the read means reading again)."""
     status = state.reload
-    status.fingerprint = await asyncio.to_thread(catalogue_fingerprint, directory)
-    status.at = datetime.now(UTC).isoformat(timespec="seconds")
+    for _ in range(ATTEMPTS):
+        status.fingerprint = await _quiet_snapshot(directory)
+        status.at = datetime.now(UTC).isoformat(timespec="seconds")
+        ruleset = await _load(state, directory)
+        if await asyncio.to_thread(catalogue_fingerprint, directory) != status.fingerprint:
+            log.info("rule files changed while being read: reading them again")
+            continue
+        if ruleset is None:
+            return False
+        _swap(state, ruleset)
+        return True
+    _rejected(state, [f"{directory}: the rule files kept changing while being read"], "rule reload deferred")
+    return False
+
+
+async def _load(state: AppState, directory: Path) -> RuleSet | None:
+    """The catalogue, loaded and self-tested; None (the problems recorded) when it cannot go live."""
     try:
         ruleset, _ = await asyncio.to_thread(load_tested, directory)  # never allows failing tests
     except RuleSetError as exc:
         _rejected(state, [d.render() for d in exc.diagnostics], "rule reload rejected")
-        return False
+        return None
     except RuleTestsFailed as exc:
         _rejected(state, list(exc.failures), "rule reload rejected: its own tests fail")
-        return False
+        return None
     except OSError as exc:  # the directory vanished mid-swap; the next event retries
         _rejected(state, [f"{directory}: {exc}"], "rule reload failed")
-        return False
+        return None
+    return ruleset
+
+
+def _swap(state: AppState, ruleset: RuleSet) -> None:
+    status = state.reload
     status.ok, status.errors = True, []
     state.metrics.reload_failing.set(0)
     if ruleset.version == state.catalogue.ruleset.version:
-        return True
+        return
     previous = state.catalogue.ruleset.version
     state.catalogue = build_catalogue(ruleset)  # the one atomic swap
     status.reloads += 1
@@ -78,7 +124,6 @@ async def _reload(state: AppState, directory: Path) -> bool:
     log.info("rules reloaded", version=ruleset.version, previous=previous, rules=len(ruleset.rules))
     # The old rule set is garbage now: let the collector see it, then park the new long-lived objects.
     collector.settle()
-    return True
 
 
 def _rejected(state: AppState, errors: list[str], event: str) -> None:

@@ -195,3 +195,42 @@ async def test_a_reload_that_raises_does_not_end_the_watching(
             await asyncio.sleep(0.05)
         assert (await client.get("/readyz")).status_code == 200
     assert len(calls) >= 2 and not state.reload.watcher_stopped
+
+
+async def test_a_catalogue_changed_while_it_is_read_is_read_again(
+    settings_factory: Any, catalog: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A half-written state is never swapped in: a write during the read means reading again."""
+    app = create_app(settings_factory(rules_dir=catalog, rules_watch=False))
+    state = app.state.lumbar
+    real = reload_module.load_tested
+    reads: list[str] = []
+
+    def load_during_a_write(directory: Path, **kwargs: Any) -> Any:
+        loaded = real(directory, **kwargs)
+        reads.append(loaded[0].version)
+        if len(reads) == 1:  # the editor finishes its save while the first read runs
+            edit(catalog / ADVICE, "stay active and keep moving", "stay active and keep walking")
+        return loaded
+
+    monkeypatch.setattr(reload_module, "load_tested", load_during_a_write)
+    monkeypatch.setattr(reload_module, "QUIET_S", 0.05)
+    async with running(app):
+        edit(catalog / ADVICE, OLD_SUMMARY, "Self-management: stay active and keep moving")
+        assert await reload_rules(state, catalog)
+    assert len(reads) == 2 and reads[0] != reads[1]
+    assert state.catalogue.ruleset.version == reads[1]  # the finished save, never the one read mid-write
+    assert "keep walking" in state.catalogue.ruleset.by_id[ADVICE.removesuffix(".yaml")].card.summary  # type: ignore[union-attr]
+
+
+async def test_a_file_still_being_written_is_read_once_it_is_quiet(
+    settings_factory: Any, catalog: Path
+) -> None:
+    app = create_app(settings_factory(rules_dir=catalog, rules_watch=False))
+    state = app.state.lumbar
+    async with running(app):
+        edit(catalog / ADVICE, OLD_SUMMARY, "Self-management: stay active and keep moving")
+        started = time.monotonic()
+        assert await reload_rules(state, catalog)
+        waited = time.monotonic() - started
+    assert waited >= reload_module.QUIET_S * 0.9  # it waited for the file to be quiet
