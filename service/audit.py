@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import random
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -160,6 +161,7 @@ class AuditWriter:
                 await self._database.write_audit(batch)
             except Exception as exc:  # noqa: BLE001  # keep the records; the next flush retries them
                 self._pending[:0] = batch
+                self._metrics.audit_pending.set(len(self._pending))  # exact during an outage too
                 self._metrics.audit_write_failures.inc()
                 log.error(
                     "audit write failed; will retry", error=type(exc).__name__, pending=len(self._pending)
@@ -178,7 +180,8 @@ class AuditWriter:
                 await asyncio.wait_for(self._wake.wait(), backoff)
             self._wake.clear()
             ok = await self.flush()
-            backoff = self._interval_s if ok else min(backoff * 2, 10.0)
+            # after a failure: exponential back-off with jitter, so workers and replicas do not retry in step
+            backoff = self._interval_s if ok else min(backoff * 2, 10.0) * random.uniform(0.5, 1.0)  # noqa: S311
 
     async def close(self, attempts: int = 5) -> None:
         """Stop the background task and write what is left (retrying a few times)."""

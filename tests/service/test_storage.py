@@ -479,3 +479,18 @@ def test_feedback_a_store_cannot_keep_is_refused_as_the_clients_error(
     }
     with pytest.raises(ValueError, match="overrideReason"):
         _items(item)
+
+
+async def test_the_pending_count_is_exact_while_the_database_is_down() -> None:
+    """lumbar_audit_pending once read 1 while 3,000 records waited."""
+
+    class Down:
+        async def write_audit(self, records: Any) -> None:
+            raise ConnectionRefusedError("the database is down")
+
+    metrics = Metrics()
+    writer = AuditWriter(Down(), metrics, batch_size=10_000)  # type: ignore[arg-type]
+    for _ in range(300):
+        await writer.submit(call(("card-1", "rf-ivdu")))
+    assert await writer.flush() is False
+    assert b"lumbar_audit_pending 300.0" in metrics.render()
