@@ -482,15 +482,20 @@ def test_feedback_a_store_cannot_keep_is_refused_as_the_clients_error(
 
 
 async def test_the_pending_count_is_exact_while_the_database_is_down() -> None:
-    """lumbar_audit_pending once read 1 while 3,000 records waited."""
+    """lumbar_audit_pending once kept the count from before a failed write: a first batch is written, then
+    the database goes down; the gauge must say what still waits."""
 
-    class Down:
+    class GoesDown:
+        writes = 0
+
         async def write_audit(self, records: Any) -> None:
-            raise ConnectionRefusedError("the database is down")
+            self.writes += 1
+            if self.writes > 1:
+                raise ConnectionRefusedError("the database is down")
 
     metrics = Metrics()
-    writer = AuditWriter(Down(), metrics, batch_size=10_000)  # type: ignore[arg-type]
-    for _ in range(300):
+    writer = AuditWriter(GoesDown(), metrics, batch_size=10**6, max_pending=10**6)  # type: ignore[arg-type]
+    for _ in range(MAX_WRITE + 50):
         await writer.submit(call(("card-1", "rf-ivdu")))
     assert await writer.flush() is False
-    assert b"lumbar_audit_pending 300.0" in metrics.render()
+    assert b"lumbar_audit_pending 50.0" in metrics.render()
