@@ -6,36 +6,16 @@
 //   NODE_PATH=/tmp/pw/node_modules node docs/sandbox/api-docs.mjs
 // Every host but the service is unresolvable (--host-resolver-rules), as on a hospital network without
 // internet access; the script exits 1 unless the page shows the operations and asked no other host.
-import { createRequire } from 'node:module';
-import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-const require = createRequire(import.meta.url);
-const { chromium } = require('playwright-core');
+import { check, env, launch } from './browser.mjs';
 
-const env = (name, fallback) => process.env[name] || fallback;
 const here = path.dirname(fileURLToPath(import.meta.url));
 const out = env('OUT_DIR', path.join(here, '..', 'images'));
 const service = env('SERVICE_URL', 'http://127.0.0.1:8000');
 
-function check(condition, message) {
-  if (!condition) throw new Error(`check failed: ${message}`);
-  console.log(`ok: ${message}`);
-}
-
-const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'lumbar-api-docs-'));
-const browser = await chromium.launchPersistentContext(profile, {
-  executablePath: env('CHROMIUM', '/usr/bin/chromium'),
-  headless: true,
-  args: [
-    '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-    '--disable-component-update', '--disable-sync',
-    '--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE localhost , EXCLUDE 127.0.0.1',
-  ],
-  viewport: { width: 1280, height: 1000 },
-});
+const browser = await launch('api-docs', { width: 1280, height: 1000 });
 
 try {
   const page = browser.pages()[0] || (await browser.newPage());

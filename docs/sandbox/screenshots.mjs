@@ -8,16 +8,11 @@
 // suggestions, accepting one sends feedback that the service answers with 200, and the PAMA screen shows a
 // rating. The internet is unreachable on purpose (--host-resolver-rules); request interception is not used,
 // because Playwright would then answer CORS preflights itself and hide a service that does not.
-import { createRequire } from 'node:module';
-import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-const require = createRequire(import.meta.url);
-const { chromium } = require('playwright-core');
+import { check, env, launch } from './browser.mjs';
 
-const env = (name, fallback) => process.env[name] || fallback;
 const here = path.dirname(fileURLToPath(import.meta.url));
 const out = env('OUT_DIR', path.join(here, '..', 'images'));
 const sandbox = env('SANDBOX_URL', 'http://127.0.0.1:8080/');
@@ -27,22 +22,7 @@ const discovery = env('DISCOVERY_URL', 'http://127.0.0.1:8000/cds-services');
 const open = (patientId, extra = {}) =>
   `${sandbox}?${new URLSearchParams({ fhirServiceUrl: fhir, patientId, serviceDiscoveryURL: discovery, ...extra })}`;
 
-function check(condition, message) {
-  if (!condition) throw new Error(`check failed: ${message}`);
-  console.log(`ok: ${message}`);
-}
-
-const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'lumbar-sandbox-'));
-const browser = await chromium.launchPersistentContext(profile, {
-  executablePath: env('CHROMIUM', '/usr/bin/chromium'),
-  headless: true,
-  args: [
-    '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-    '--disable-component-update', '--disable-sync',
-    '--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE localhost , EXCLUDE 127.0.0.1',
-  ],
-  viewport: { width: 1280, height: 900 },
-});
+const browser = await launch('sandbox', { width: 1280, height: 900 });
 
 try {
   const page = browser.pages()[0] || (await browser.newPage());
