@@ -29,6 +29,7 @@ class ReplayGuard:
         self.timeout_s = timeout_s
         self.local: dict[tuple[str, str], int] = {}  # ids accepted while the store could not answer
         self._resync: list[tuple[str, str, int]] = []
+        self.writing: asyncio.Task[None] | None = None  # the write-back, off the hook call's path
 
     async def remember(self, issuer: str, jti: str, expires_at: int) -> bool:
         """Record a client JWT id; False for a replay (seen by the store, or by this worker meanwhile)."""
@@ -48,8 +49,8 @@ class ReplayGuard:
                 pending=len(self._resync),
             )
             return True
-        if self._resync:
-            await self._write_back()
+        if self._resync and (self.writing is None or self.writing.done()):
+            self.writing = asyncio.create_task(self._write_back(), name="replay-write-back")
         return fresh
 
     async def _store(self, issuer: str, jti: str, expires_at: int) -> bool:

@@ -82,7 +82,9 @@ async def test_ids_remembered_during_the_outage_reach_the_store_when_it_is_back(
         assert await real("iss", "elsewhere", LATER) is True  # another worker took this one meanwhile...
         guard._remember_locally("iss", "elsewhere", LATER)  # ...and so did this one, during the outage
         database.remember_jti = real  # type: ignore[method-assign]
-        assert await guard.remember("iss", "after", LATER) is True  # the store answers: write-back
+        assert await guard.remember("iss", "after", LATER) is True  # the store answers: write-back...
+        assert guard.writing is not None
+        await guard.writing  # ...in the background, not on the hook call's path
         assert await real("iss", "during", LATER) is False  # now known to every worker
     finally:
         await database.close()
