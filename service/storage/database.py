@@ -16,7 +16,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, Table, create_engine, delete, event, insert, inspect, select, text
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Table,
+    create_engine,
+    delete,
+    event,
+    insert,
+    inspect,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -140,6 +152,25 @@ def _write_audit(connection: Connection, records: Sequence[AuditRecord]) -> None
             _insert_multirow(connection, table, columns, rows)
         else:
             connection.execute(insert(table), [dict(zip(columns, row, strict=True)) for row in rows])
+    if cards:
+        _link_early_feedback(connection, sorted({row[1] for row in cards}))
+
+
+def _link_early_feedback(connection: Connection, card_uuids: list[str]) -> None:
+    """Feedback stored before its card's audit row (the card shown by another worker a moment earlier, its
+    audit still pending there) gets the rule of its card now: the card's first row, its topic's rule."""
+    owner = (
+        select(audit_card.c.rule_id)
+        .where(audit_card.c.card_uuid == feedback.c.card_uuid)
+        .order_by(audit_card.c.id)
+        .limit(1)
+        .scalar_subquery()
+    )
+    connection.execute(
+        update(feedback)
+        .where(feedback.c.rule_id.is_(None), feedback.c.card_uuid.in_(card_uuids))
+        .values(rule_id=owner)
+    )
 
 
 def _insert_multirow(

@@ -106,6 +106,16 @@ async def test_feedback_is_stored_once_and_linked_to_its_rule(db: Database) -> N
     assert json.loads(rows[0]["accepted_suggestions"]) == ["s-1"]
 
 
+async def test_feedback_that_arrives_before_its_cards_audit_row_is_linked_when_it_lands(db: Database) -> None:
+    """The card was shown by another worker a moment earlier and its audit row is still pending there."""
+    await db.store_feedback("lumbar-patient-view", _items(accepted("card-late")), None)
+    merged = call(("card-late", "rf-ces-sphincter-disturbance"), ("card-late", "rf-ces-saddle-sensory-loss"))
+    await db.write_audit([merged, call(("card-other", "rf-ivdu"))])
+    async with db.engine.connect() as connection:
+        rule = (await connection.execute(select(feedback.c.rule_id))).scalar_one()
+    assert rule == "rf-ces-sphincter-disturbance"  # the card's topic rule, its first row
+
+
 async def test_a_rule_known_to_the_caller_is_used(db: Database) -> None:
     items = _items(accepted("card-x"))
     await db.store_feedback("lumbar-patient-view", items, None, {"card-x": "test-mri-urgent"})
