@@ -16,13 +16,13 @@ import tempfile
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from cds_hooks.fhirtime import parse_fhir_datetime
 from cds_hooks.outcome import outcome_from_validation
-from cds_hooks.request import parse_hook_request
+from cds_hooks.request import HookRequest, parse_hook_request
 from rules.engine import (
     Diagnostic,
     RuleSet,
@@ -36,6 +36,9 @@ from rules.engine import (
 )
 from service.catalogue import RuleTestsFailed, load_tested
 from service.settings import Settings
+
+if TYPE_CHECKING:  # imported where explain needs it (it pulls in httpx)
+    from service.prefetching import Completed
 
 
 def _settings() -> Settings:
@@ -189,7 +192,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _complete(settings: Settings, ruleset: RuleSet, request: Any) -> Any:
+async def _complete(settings: Settings, ruleset: RuleSet, request: HookRequest) -> Completed:
     """Complete the request as the service does (service.prefetching): from an allow-listed fhirServer."""
     import httpx
 
@@ -248,8 +251,8 @@ def _metrics_directory() -> str | None:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from service.preflight import SUPERVISOR_ENV, SettingProblem, check_clients, check_database
-    from service.storage.database import Database
+    from service.metrics import SUPERVISOR_ENV
+    from service.preflight import SettingProblem, check_clients, check_database
 
     settings = _settings()
     allow = settings.allow_failing_tests or args.allow_failing_tests
@@ -281,15 +284,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
         os.environ["LUMBAR_ALLOW_FAILING_TESTS"] = "true"  # the workers load the same catalogue
 
-    async def migrate() -> None:
-        database = Database(settings.database_url)
-        try:
-            await database.migrate()
-        finally:
-            await database.close()
-
     try:
-        asyncio.run(check_database(settings, migrate))  # once, before any worker starts
+        asyncio.run(check_database(settings))  # once, before any worker starts
     except SettingProblem as exc:
         print(exc, file=sys.stderr)
         return 2

@@ -25,6 +25,7 @@ from prometheus_client import (
 from prometheus_client.metrics_core import Metric
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+SUPERVISOR_ENV = "LUMBAR_SUPERVISOR_PID"  # set by `lumbar serve`: the process its workers are children of
 
 
 def multiprocess_dir() -> str | None:
@@ -143,7 +144,7 @@ class Metrics:
 def worker_pids() -> list[int]:
     """This process and, under ``lumbar serve --workers N``, its sibling workers (children of the same
     supervisor, ``LUMBAR_SUPERVISOR_PID``), read from /proc (Linux); this process alone elsewhere."""
-    supervisor = os.environ.get("LUMBAR_SUPERVISOR_PID", "")
+    supervisor = os.environ.get(SUPERVISOR_ENV, "")
     own = os.getpid()
     if not supervisor.isdigit() or int(supervisor) != os.getppid():
         return [own]

@@ -11,7 +11,7 @@ import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cds_hooks.outcome import operation_outcome
-from service.errors import ProblemError
+from service.errors import ProblemError, log_reason
 
 _log = structlog.get_logger("lumbar.access")
 _QUIET = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -67,9 +67,10 @@ class BodyLimitMiddleware:
 
 
 async def _reply(send: Send, status: int, diagnostics: str) -> None:
-    structlog.contextvars.bind_contextvars(reason=diagnostics)  # on the request's log line
     code = {413: "too-costly", 408: "timeout"}.get(status, "invalid")
-    body = orjson.dumps(operation_outcome(diagnostics, code=code))
+    outcome = operation_outcome(diagnostics, code=code)
+    log_reason(outcome)  # on the request's log line, as for every other refusal
+    body = orjson.dumps(outcome)
     await send(
         {
             "type": "http.response.start",

@@ -12,7 +12,6 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import Callable
 from typing import NoReturn
 
 from sqlalchemy.engine import make_url
@@ -20,9 +19,10 @@ from sqlalchemy.engine import make_url
 from rules.engine import RuleSetError
 from service.auth import ClientsFileError, load_clients
 from service.catalogue import RuleTestsFailed
+from service.metrics import SUPERVISOR_ENV
 from service.settings import Settings
+from service.storage.database import Database
 
-SUPERVISOR_ENV = "LUMBAR_SUPERVISOR_PID"
 DATABASE_TIMEOUT_S = 10.0
 
 
@@ -50,10 +50,12 @@ def check_clients(settings: Settings) -> None:
             raise SettingProblem("LUMBAR_CLIENTS_FILE", str(exc)) from None
 
 
-async def check_database(settings: Settings, migrate: Callable[[], object]) -> None:
-    """Reach the database and bring its schema to head (``migrate``), within ``DATABASE_TIMEOUT_S``."""
+async def check_database(settings: Settings) -> None:
+    """Reach the database and bring its schema to head, within ``DATABASE_TIMEOUT_S`` (once, before any
+    worker starts)."""
+    database = Database(settings.database_url)
     try:
-        await asyncio.wait_for(migrate(), DATABASE_TIMEOUT_S)  # type: ignore[arg-type]
+        await asyncio.wait_for(database.migrate(), DATABASE_TIMEOUT_S)
     except TimeoutError:
         problem = f"no answer from {shown_url(settings.database_url)} within {DATABASE_TIMEOUT_S:.0f} s"
         raise SettingProblem("LUMBAR_DATABASE_URL", problem) from None
@@ -61,6 +63,8 @@ async def check_database(settings: Settings, migrate: Callable[[], object]) -> N
         detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
         problem = f"cannot use the database at {shown_url(settings.database_url)} ({detail})"
         raise SettingProblem("LUMBAR_DATABASE_URL", problem) from None
+    finally:
+        await database.close()
 
 
 def worker_failed(exc: BaseException) -> NoReturn:

@@ -4,9 +4,8 @@ Every suggested test or referral is an action creating a FHIR R4 ServiceRequest 
 proposal, a priority, the verified code). Each such resource is built once per (code, priority) at load
 time and validated with fhir.resources (R4B models, which R4 JSON satisfies), with a placeholder subject,
 reason and reason reference of exactly the shape filled in per request; a request only copies the dict and
-fills those three elements. A resource that passed is remembered by content hash (and fhir.resources
-version) in the parsed-file cache, so a worker whose cache is warm never imports fhir.resources: 90 ms and
-4 MB of every start (docs/performance.md).
+fills those three elements. A resource that passed is remembered by content in the process (``_VALID``), so
+each distinct order is validated once per process.
 """
 
 from __future__ import annotations
@@ -169,6 +168,12 @@ class CardPlan:
     already: list[tuple[OrderTemplate, OrderFact]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def credits(self) -> tuple[str, ...]:
+        """The rules the card is credited to, its topic's first: the rules whose evidence it shows (the
+        owner first when it fired itself), or the owner alone."""
+        return tuple(self.rules) if self.rules else (self.template.rule_id,)
+
 
 # Brackets are escaped so record text cannot form a link; parentheses alone are harmless. Line breaks
 # become spaces. (``str.translate``: a card's evidence lines are escaped on every call.)
@@ -329,7 +334,7 @@ def render_card(
         source=_card_source(
             template.source.label,
             template.source.url,
-            plan.rules[0] if plan.rules else template.rule_id,
+            plan.credits[0],
             template.title,
             ruleset_version,
         ),

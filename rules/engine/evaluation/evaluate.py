@@ -29,6 +29,7 @@ from rules.engine.evaluation.suggestions import plan_suggestions
 from rules.engine.record.facts import Evidence
 from rules.engine.record.patient import PatientRecord
 
+INCOMPLETE_TOPIC = "engine-incomplete"  # the topic of the card saying some rules could not be evaluated
 Status = Literal["fired", "silent", "suppressed", "error", "not-applicable", "no-context"]
 
 
@@ -175,10 +176,10 @@ def evaluate(ruleset: RuleSet, request: HookRequest, now: datetime) -> Evaluatio
         )
         for plan in plans
     ]
-    credits = [tuple(plan.rules or [plan.template.rule_id]) for plan in plans]
+    credits = [plan.credits for plan in plans]
     if errors:
         cards.insert(0, _incomplete_card(sorted(errors), ruleset.version))
-        credits.insert(0, ("engine-incomplete", *sorted(errors)))
+        credits.insert(0, (INCOMPLETE_TOPIC, *sorted(errors)))
     actions = _ratings(ruleset, ctx, verdicts, request.hook_instance)
     notes = tuple(sorted(set(record.notes) | ctx.notes))
     return Evaluation(
@@ -282,7 +283,7 @@ def _incomplete_card(failed: list[str], version: str) -> Card:
             label="Lumbar CDS",
             topic=Coding(
                 system=RULE_SYSTEM,
-                code="engine-incomplete",
+                code=INCOMPLETE_TOPIC,
                 display="Rule evaluation failed",
                 version=version,
             ),
