@@ -35,7 +35,7 @@ from rules.engine import (
     run_tests,
 )
 from service.catalogue import RuleTestsFailed, load_tested
-from service.settings import Settings
+from service.settings import SUPERVISOR_ENV, Settings
 
 if TYPE_CHECKING:  # imported where explain needs it (it pulls in httpx)
     from service.prefetching import Completed
@@ -251,7 +251,6 @@ def _metrics_directory() -> str | None:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from service.metrics import SUPERVISOR_ENV
     from service.preflight import SettingProblem, check_clients, check_database
 
     settings = _settings()

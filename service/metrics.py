@@ -24,8 +24,9 @@ from prometheus_client import (
 )
 from prometheus_client.metrics_core import Metric
 
+from service.settings import SUPERVISOR_ENV
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-SUPERVISOR_ENV = "LUMBAR_SUPERVISOR_PID"  # set by `lumbar serve`: the process its workers are children of
 
 
 def multiprocess_dir() -> str | None:

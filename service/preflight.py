@@ -19,8 +19,7 @@ from sqlalchemy.engine import make_url
 from rules.engine import RuleSetError
 from service.auth import ClientsFileError, load_clients
 from service.catalogue import RuleTestsFailed
-from service.metrics import SUPERVISOR_ENV
-from service.settings import Settings
+from service.settings import SUPERVISOR_ENV, Settings
 from service.storage.database import Database
 
 DATABASE_TIMEOUT_S = 10.0

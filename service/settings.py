@@ -15,6 +15,11 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from rules import BUNDLED_CATALOG
 
+# Set by `lumbar serve` for its workers (not a setting): the pid of the process they are children of. Here,
+# not in service.metrics: importing prometheus_client before serve sets PROMETHEUS_MULTIPROC_DIR would fix
+# the metrics to single-process mode.
+SUPERVISOR_ENV = "LUMBAR_SUPERVISOR_PID"
+
 
 def default_data_dir() -> Path:
     """``$XDG_DATA_HOME/lumbar-cds``, else ``~/.local/share/lumbar-cds`` (the XDG base directory default)."""
