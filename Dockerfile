@@ -50,7 +50,8 @@ LABEL org.opencontainers.image.title="lumbar-cds" \
       org.opencontainers.image.licenses="Apache-2.0"
 
 # A fixed uid/gid, so Kubernetes (runAsUser 10001) and bind-mounted host directories can match it.
-# /var/lib/lumbar is the only place the service writes (the SQLite database); the rest stays read-only.
+# /var/lib/lumbar (LUMBAR_DATA_DIR) is the only place the service writes (the SQLite database, the audit spill
+# folder); the rest stays read-only.
 RUN groupadd --system --gid 10001 lumbar \
  && useradd --system --uid 10001 --gid lumbar --home-dir /var/lib/lumbar --no-create-home \
         --shell /usr/sbin/nologin lumbar \
@@ -61,7 +62,7 @@ COPY --from=builder /opt/lumbar /opt/lumbar
 ENV PATH=/opt/lumbar/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    LUMBAR_DATABASE_URL=sqlite+aiosqlite:////var/lib/lumbar/lumbar.db
+    LUMBAR_DATA_DIR=/var/lib/lumbar
 
 WORKDIR /var/lib/lumbar
 USER 10001:10001

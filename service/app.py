@@ -15,6 +15,7 @@ from starlette.middleware.cors import CORSMiddleware
 from cds_hooks.jwt import JwksCache
 from service import __version__, collector
 from service.audit import AuditWriter, PatientPseudonym
+from service.audit_spill import AuditSpill
 from service.auth import load_clients
 from service.catalogue import build_catalogue, load_tested
 from service.errors import install_error_handlers
@@ -72,7 +73,12 @@ def create_app(
             log.warning("LUMBAR_AUTH=jwt without LUMBAR_CLIENTS_FILE: every CDS Hooks call will be refused")
         await state.database.migrate()
         state.pseudonym = await _pseudonym(settings, state.database)
-        state.audit = AuditWriter(state.database, state.metrics)
+        state.audit = AuditWriter(
+            state.database,
+            state.metrics,
+            spill=_audit_spill(settings),
+            max_pending=settings.audit_max_pending,
+        )
         state.audit.start()
         state.http = httpx.AsyncClient(
             transport=transport,
@@ -135,6 +141,25 @@ def create_app(
     )
     app.add_middleware(AccessLogMiddleware)
     return app
+
+
+def _audit_spill(settings: Settings) -> AuditSpill | None:
+    """The folder where audit records wait during a database outage, or None (said at start-up)."""
+    if settings.audit_spill_max_mb == 0:
+        log.warning("LUMBAR_AUDIT_SPILL_MAX_MB=0: audit records are dropped when the database lags long")
+        return None
+    spill = AuditSpill(
+        settings.audit_spill_dir or settings.data_dir / "audit-spill", settings.audit_spill_max_mb * 1_000_000
+    )
+    try:
+        spill.prepare()
+    except OSError as exc:  # still served: decision support does not depend on the audit trail
+        log.warning(
+            "the audit spill folder cannot be written: audit records are dropped when the database lags long",
+            folder=str(spill.folder),
+            error=str(exc),
+        )
+    return spill
 
 
 async def _pseudonym(settings: Settings, database: Database) -> PatientPseudonym:

@@ -2,11 +2,14 @@
 
 A hook call hands its record to the :class:`AuditWriter` and answers at once; a background task writes the
 pending records (at most ``MAX_WRITE`` per transaction) every ``interval_s`` or as soon as ``batch_size``
-are waiting. A failed write keeps the records and retries. When too many are pending (the database is slow
-or down) callers wait for the next flush instead of piling up memory: nothing handed over is dropped.
-Shutdown flushes whatever is left before the database closes. (A SIGKILL loses at most the records of the
-last ``interval_s``; feedback, which the client is told was stored, is committed before the answer and
-never depends on this.)
+are waiting. A failed write keeps the records and retries
+with exponential back-off and jitter. A hook call never waits for the audit trail: when ``max_pending``
+records are waiting (the database is down, partitioned or slower than the traffic) they go to a local spill
+folder (:mod:`service.audit_spill`) and are written back once the database takes writes again; without a
+spill folder, or with a full one, they are dropped, counted (``lumbar_audit_dropped_total``) and logged.
+A graceful stop writes what is pending, or spills it when the database fails. (A SIGKILL loses at most the
+records of the last ``interval_s``; feedback, which the client is told was stored, is committed before the
+answer and never depends on this.)
 """
 
 from __future__ import annotations
@@ -15,11 +18,13 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import math
 import random
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import structlog
 
@@ -27,9 +32,14 @@ from rules.engine import Evaluation
 from service.metrics import Metrics
 from service.storage.database import Database
 
+if TYPE_CHECKING:
+    from service.audit_spill import AuditSpill
+
 log = structlog.get_logger("lumbar.audit")
 PatientMode = Literal["hash", "plain", "none"]
 MAX_WRITE = 5_000  # records per audit transaction
+RESCAN_S = 30.0  # how often a writer looks for spilled files it did not write itself (a dead worker's)
+DROP_LOG_EVERY_S = 10.0
 
 
 @dataclass(slots=True)
@@ -113,31 +123,42 @@ class AuditWriter:
         database: Database,
         metrics: Metrics,
         *,
+        spill: AuditSpill | None = None,
         interval_s: float = 0.5,
         batch_size: int = 200,
         max_pending: int = 20_000,
     ) -> None:
         self._database = database
         self._metrics = metrics
+        self._spill = spill
         self._interval_s = interval_s
         self._batch_size = batch_size
         self._max_pending = max_pending
         self._pending: list[AuditRecord] = []
+        self._spilling: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
-        self._flushed = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._recover_due = spill is not None  # an earlier run, or a worker that died, may have left files
+        self._next_scan = 0.0
+        self._last_drop_log = -math.inf
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="audit-writer")
 
-    async def submit(self, record: AuditRecord) -> None:
-        """Queue ``record``; returns at once unless the backlog is full, then waits for a flush."""
-        while len(self._pending) >= self._max_pending and not self._closing:
-            self._wake.set()
-            async with self._flushed:
-                await self._flushed.wait()
+    def submit(self, record: AuditRecord) -> None:
+        """Queue ``record``; never waits. A full backlog goes to the spill folder, or is dropped and counted
+        when there is none (or it is full, or already busy with two spills)."""
         self._pending.append(record)
+        if len(self._pending) >= self._max_pending:
+            batch = self._pending[:]  # a copy: a flush in progress holds the list itself
+            self._pending.clear()
+            if self._spill is not None and len(self._spilling) < 2:
+                task = asyncio.create_task(self._spill_out(self._spill, batch), name="audit-spill")
+                self._spilling.add(task)
+                task.add_done_callback(self._spilling.discard)
+            else:
+                self._drop(len(batch), "audit backlog full and no spill folder to take it")
         self._metrics.audit_pending.set(len(self._pending))
         if len(self._pending) >= self._batch_size:
             self._wake.set()
@@ -153,44 +174,95 @@ class AuditWriter:
     async def flush(self) -> bool:
         """Write everything pending now, at most ``MAX_WRITE`` records per transaction; False (records kept
         for the next try) if the database failed."""
-        while self._pending:
-            # Bounded: after an outage up to twice ``max_pending`` records wait, and one write of them all
-            # would exceed the databases' limits on bound parameters (32,766) every time it was retried.
-            batch, self._pending = self._pending[:MAX_WRITE], self._pending[MAX_WRITE:]
+        ok = await self._write(self._pending)
+        self._metrics.audit_pending.set(len(self._pending))  # exact during an outage too
+        return ok
+
+    async def _write(self, records: list[AuditRecord]) -> bool:
+        """Write ``records`` in bounded transactions, removing each batch written from the list."""
+        while records:
+            # Bounded: one write of a long backlog would exceed the databases' limits on bound parameters
+            # (32,766) every time it was retried.
+            batch = records[:MAX_WRITE]
+            del records[:MAX_WRITE]
             try:
                 await self._database.write_audit(batch)
             except Exception as exc:  # noqa: BLE001  # keep the records; the next flush retries them
-                self._pending[:0] = batch
-                self._metrics.audit_pending.set(len(self._pending))  # exact during an outage too
+                records[:0] = batch
                 self._metrics.audit_write_failures.inc()
-                log.error(
-                    "audit write failed; will retry", error=type(exc).__name__, pending=len(self._pending)
-                )
+                log.error("audit write failed; will retry", error=type(exc).__name__, pending=len(records))
                 return False
             self._metrics.audit_written.inc(len(batch))
-        self._metrics.audit_pending.set(len(self._pending))
-        async with self._flushed:
-            self._flushed.notify_all()
         return True
 
+    async def _spill_out(self, spill: AuditSpill, batch: list[AuditRecord]) -> None:
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, spill.write, batch)
+        except OSError as exc:
+            self._drop(len(batch), f"audit spill failed: {exc}")
+            return
+        self._metrics.audit_spilled.inc(len(batch))
+        self._recover_due = True
+        log.warning("audit backlog spilled to a local file", records=len(batch), folder=str(spill.folder))
+
+    async def _recover(self, spill: AuditSpill) -> bool:
+        """Write back one spilled file; False if the database failed (the file is given back)."""
+        loop = asyncio.get_running_loop()
+        claimed = await loop.run_in_executor(None, spill.claim)
+        if claimed is None:
+            self._recover_due = False
+            self._next_scan = loop.time() + RESCAN_S
+            return True
+        records, unreadable = await loop.run_in_executor(None, spill.read, claimed)
+        if unreadable:
+            self._drop(unreadable, f"unreadable lines in {claimed.name}")
+        count = len(records)
+        if not await self._write(records):
+            await loop.run_in_executor(None, spill.release, claimed)
+            return False
+        await loop.run_in_executor(None, spill.done, claimed)
+        self._metrics.audit_recovered.inc(count)
+        log.info("spilled audit records written", records=count, file=claimed.name)
+        self._wake.set()  # there may be more files
+        return True
+
+    def _drop(self, count: int, reason: str) -> None:
+        self._metrics.audit_dropped.inc(count)
+        now = time.monotonic()
+        if now - self._last_drop_log >= DROP_LOG_EVERY_S:  # loud, but not a log line per call in an outage
+            self._last_drop_log = now
+            log.error("audit records dropped", records=count, reason=reason)
+
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         backoff = self._interval_s
         while not self._closing:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), backoff)
             self._wake.clear()
             ok = await self.flush()
+            if ok and self._spill is not None and (self._recover_due or loop.time() >= self._next_scan):
+                ok = await self._recover(self._spill)
             # after a failure: exponential back-off with jitter, so workers and replicas do not retry in step
             backoff = self._interval_s if ok else min(backoff * 2, 10.0) * random.uniform(0.5, 1.0)  # noqa: S311
 
-    async def close(self, attempts: int = 5) -> None:
-        """Stop the background task and write what is left (retrying a few times)."""
+    async def close(self, attempts: int = 2) -> None:
+        """Stop the background task and write what is left (retrying once), else spill it to a file."""
         self._closing = True
         if self._task is not None:
             self._wake.set()
             await self._task
+        if self._spilling:
+            await asyncio.gather(*self._spilling)
         for attempt in range(attempts):
-            if await self.flush() and not self._pending:
+            if await self.flush():
                 return
-            await asyncio.sleep(0.2 * (attempt + 1))
-        log.error("audit records could not be written at shutdown", lost=len(self._pending))
+            if attempt + 1 < attempts:
+                await asyncio.sleep(0.2)
+        if self._spill is not None:
+            batch = self._pending[:]
+            self._pending.clear()
+            await self._spill_out(self._spill, batch)
+            self._metrics.audit_pending.set(0)
+            return
+        self._drop(len(self._pending), "the database failed at shutdown and there is no spill folder")

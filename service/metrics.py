@@ -107,6 +107,19 @@ class Metrics:
         self.audit_write_failures = Counter(
             "lumbar_audit_write_failures", "Audit batch writes that failed (and were retried)", registry=r
         )
+        self.audit_spilled = Counter(
+            "lumbar_audit_spilled",
+            "Audit records spilled to a local file while the database lagged",
+            registry=r,
+        )
+        self.audit_recovered = Counter(
+            "lumbar_audit_recovered", "Spilled audit records written back to the database", registry=r
+        )
+        self.audit_dropped = Counter(
+            "lumbar_audit_dropped",
+            "Audit records lost: no spill folder, a full one, or unreadable",
+            registry=r,
+        )
         self.ruleset = Gauge(
             "lumbar_rules_info",
             "The rule set being served: its rule count, labelled with its version",

@@ -3,9 +3,11 @@
 A client JWT id (``jti``) is remembered in the shared store (the database), so a replay is refused by every
 worker and replica. When the store does not answer within ``TIMEOUT_S`` (an outage, a partition), the call
 is still served: the id is remembered in this worker only, which still refuses a replay to this worker,
-logged and counted (``lumbar_replay_store_fallbacks``). Once the store answers again the ids remembered
-meanwhile are written to it; one it had already seen was a replay to another worker during the outage, and
-is logged and counted as such (``lumbar_replays_found_late``). The trade-off is in docs/security.md.
+logged and counted (``lumbar_replay_store_fallbacks``). For ``RETRY_AFTER_S`` after a failure the store is
+not asked at all, so that during a partition each call does not wait ``TIMEOUT_S`` for it. Once the store
+answers again the ids remembered meanwhile are written to it; one it had already seen was a replay to
+another worker during the outage, and is logged and counted as such (``lumbar_replays_found_late``). The
+trade-off is in docs/security.md.
 """
 
 from __future__ import annotations
@@ -19,14 +21,23 @@ from service.metrics import Metrics
 from service.storage.database import Database
 
 TIMEOUT_S = 2.0  # the longest a hook call waits for the replay store
+RETRY_AFTER_S = 5.0  # after the store failed, how long calls go by this worker's memory without asking it
 log = structlog.get_logger("lumbar.replay")
 
 
 class ReplayGuard:
-    def __init__(self, database: Database, metrics: Metrics, timeout_s: float = TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        database: Database,
+        metrics: Metrics,
+        timeout_s: float = TIMEOUT_S,
+        retry_after_s: float = RETRY_AFTER_S,
+    ) -> None:
         self.database = database
         self.metrics = metrics
         self.timeout_s = timeout_s
+        self.retry_after_s = retry_after_s
+        self._retry_at = 0.0  # monotonic time before which the store is not asked
         self.local: dict[tuple[str, str], int] = {}  # ids accepted while the store could not answer
         self._resync: list[tuple[str, str, int]] = []
         self.writing: asyncio.Task[None] | None = None  # the write-back, off the hook call's path
@@ -36,17 +47,21 @@ class ReplayGuard:
         key = (issuer, jti)
         if key in self.local:
             return False
+        if time.monotonic() < self._retry_at:  # it failed a moment ago: do not make this call wait for it
+            self._remember_locally(issuer, jti, expires_at)
+            self.metrics.replay_fallbacks.inc()
+            return True
         try:
-            fresh = await asyncio.wait_for(
-                self.database.remember_jti(issuer, jti, expires_at), self.timeout_s
-            )
+            fresh = await self._store(issuer, jti, expires_at)
         except Exception as exc:  # noqa: BLE001  # the store is down or partitioned: serve, guarded locally
+            self._retry_at = time.monotonic() + self.retry_after_s
             self._remember_locally(issuer, jti, expires_at)
             self.metrics.replay_fallbacks.inc()
             log.warning(
                 "replay store unavailable: checked in this worker only",
                 error=type(exc).__name__,
                 pending=len(self._resync),
+                retry_in_s=self.retry_after_s,
             )
             return True
         if self._resync and (self.writing is None or self.writing.done()):

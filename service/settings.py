@@ -61,6 +61,12 @@ class Settings(BaseSettings):
     audit_patient_id: Literal["hash", "plain", "none"] = "hash"
     audit_key: SecretStr | None = None
     audit_retention_days: int = Field(default=365, ge=1, le=36_500)
+    # Where audit records wait when the database cannot take them (default <data_dir>/audit-spill) once
+    # audit_max_pending wait in memory, and the most that folder may hold; 0 = no spill folder: a long
+    # outage drops audit records (counted).
+    audit_spill_dir: Path | None = None
+    audit_max_pending: int = Field(default=20_000, ge=100, le=1_000_000)  # records in memory per worker
+    audit_spill_max_mb: int = Field(default=256, ge=0, le=1_000_000)
     # Bearer token for the /admin endpoints when LUMBAR_AUTH=jwt; unset = the admin endpoints refuse everyone.
     admin_token: SecretStr | None = None
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -27,6 +29,12 @@ def _needs_postgres(item: pytest.Item) -> bool:
     callspec = getattr(item, "callspec", None)
     on_postgres = callspec is not None and "postgresql" in callspec.params.values()
     return on_postgres or item.get_closest_marker("postgres") is not None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Every service a test starts keeps its files (the audit spill folder, a default database) in a
+    throwaway folder, never in the developer's ~/.local/share."""
+    os.environ["LUMBAR_DATA_DIR"] = tempfile.mkdtemp(prefix="lumbar-test-data-")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -67,6 +75,7 @@ def settings_factory(tmp_path: Path) -> Any:
         values: dict[str, Any] = {
             "auth": "off",
             "database_url": f"sqlite+aiosqlite:///{tmp_path}/lumbar.db",
+            "data_dir": tmp_path / "data",
         }
         values.update(overrides)
         return Settings(**values)

@@ -220,12 +220,17 @@ def check_dockerfile(text: str, dockerignore: str, root: Path = ROOT) -> ImageCh
             env[name] = value
             if name.startswith("LUMBAR_") and (problem := setting_problem(name, value)):
                 problems.append(f"line {instruction.line}: ENV {problem}")
+    # What the service writes (the SQLite database, the audit spill folder) must outlive the container.
+    volumes = {v for i in final.all("VOLUME") for v in (exec_form(i) or i.value.split())}
     database = env.get("LUMBAR_DATABASE_URL", "")
     if database.startswith("sqlite") and ":///" in database:
         folder = str(Path(database.split(":///", 1)[1]).parent)
-        volumes = {v for i in final.all("VOLUME") for v in (exec_form(i) or i.value.split())}
         if folder not in volumes:
             problems.append(f"the SQLite database's folder {folder} is not a VOLUME")
+    if "LUMBAR_DATA_DIR" not in env:
+        problems.append("no ENV LUMBAR_DATA_DIR: the data would go to the home folder, not the volume")
+    elif env["LUMBAR_DATA_DIR"] not in volumes:
+        problems.append(f"the data folder LUMBAR_DATA_DIR={env['LUMBAR_DATA_DIR']} is not a VOLUME")
     return result
 
 
@@ -256,8 +261,14 @@ DOCKERFILE_BREAKAGES = [
     ),
     ("127.0.0.1:8000/healthz", "127.0.0.1:8000/health", "no HEALTHCHECK"),
     ("EXPOSE 8000", "EXPOSE 8080", "does not include the served port 8000"),
-    ("LUMBAR_DATABASE_URL=", "LUMBAR_DATABASE_URI=", "LUMBAR_DATABASE_URI is not a setting"),
-    ("sqlite+aiosqlite:////var/lib", "mysql:////var/lib", "LUMBAR_DATABASE_URL='mysql:"),
+    ("LUMBAR_DATA_DIR=", "LUMBAR_DATA_DIRECTORY=", "LUMBAR_DATA_DIRECTORY is not a setting"),
+    ("LUMBAR_DATA_DIR=/var/lib/lumbar", "LUMBAR_DATABASE_URL=mysql:////x", "LUMBAR_DATABASE_URL='mysql:"),
+    ("LUMBAR_DATA_DIR=/var/lib/lumbar", "LUMBAR_DATA_DIR=/srv", "LUMBAR_DATA_DIR=/srv is not a VOLUME"),
+    (
+        "LUMBAR_DATA_DIR=/var/lib/lumbar",
+        "LUMBAR_DATABASE_URL=sqlite+aiosqlite:////srv/lumbar.db",
+        "folder /srv is not a VOLUME",
+    ),
     ('VOLUME ["/var/lib/lumbar"]', "", "is not a VOLUME"),
 ]
 

@@ -63,13 +63,13 @@ async def call_service(request: Request) -> Response:
         with collector.paused():
             evaluation, answer = await _evaluate(state, catalogue, service_id, hook, body, audit)
     except ProblemError as exc:  # refused (400, 412): audited too
-        await audit.done(exc.status)
+        audit.done(exc.status)
         raise
     except Exception:  # a bug: the 500 is audited and counted too (the error handler logs it)
-        await audit.done(500)
+        audit.done(500)
         raise
     _record(state, evaluation, service_id, hook, started)
-    await audit.done(200, evaluation)
+    audit.done(200, evaluation)
     return Response(answer, media_type=JSON)
 
 
@@ -162,12 +162,12 @@ class _Audit:
         self.hook_instance: str | None = None  # known once the request has been parsed
         self.patient: str | None = None
 
-    async def done(self, status: int, evaluation: Evaluation | None = None) -> None:
+    def done(self, status: int, evaluation: Evaluation | None = None) -> None:
         self.state.metrics.hook_calls.labels(self.service_id, self.hook, str(status)).inc()
         cards, rules = from_evaluation(evaluation) if evaluation is not None else ((), ())
         assert self.state.audit is not None  # set by the lifespan
         assert self.state.pseudonym is not None
-        await self.state.audit.submit(
+        self.state.audit.submit(
             AuditRecord(
                 service_id=self.service_id,
                 hook=self.hook,

@@ -70,7 +70,7 @@ async def test_ids_remembered_during_the_outage_reach_the_store_when_it_is_back(
     database = Database(f"sqlite+aiosqlite:///{tmp_path}/replay.db")
     await database.migrate()
     metrics = Metrics()
-    guard = ReplayGuard(database, metrics)
+    guard = ReplayGuard(database, metrics, retry_after_s=0)  # ask the store again at once
     real = database.remember_jti
 
     async def down(*_: object) -> bool:
@@ -89,6 +89,38 @@ async def test_ids_remembered_during_the_outage_reach_the_store_when_it_is_back(
     finally:
         await database.close()
     assert b"lumbar_replays_found_late_total 1.0" in metrics.render()
+
+
+async def test_after_a_failure_the_store_is_left_alone_for_a_while(tmp_path: Path) -> None:
+    """In a partition each call would wait the whole timeout for the store: after one failure the calls go
+    by this worker's memory for ``retry_after_s``, then the store is asked again."""
+    database = Database(f"sqlite+aiosqlite:///{tmp_path}/replay.db")
+    await database.migrate()
+    guard = ReplayGuard(database, Metrics(), timeout_s=0.5, retry_after_s=0.3)
+    real = database.remember_jti
+    asked: list[str] = []
+
+    async def hangs(issuer: str, jti: str, expires_at: int) -> bool:
+        asked.append(jti)
+        await asyncio.sleep(10)
+        return True
+
+    try:
+        database.remember_jti = hangs  # type: ignore[method-assign]
+        started = time.monotonic()
+        for n in range(20):
+            assert await guard.remember("iss", f"j{n}", LATER) is True
+        assert asked == ["j0"]  # one call waited for the store, 19 did not
+        assert time.monotonic() - started < 1.5
+        assert await guard.remember("iss", "j3", LATER) is False  # still refused in this worker
+        await asyncio.sleep(0.35)
+        database.remember_jti = real  # type: ignore[method-assign]
+        assert await guard.remember("iss", "later", LATER) is True  # asked again, and answered
+        assert guard.writing is not None
+        await guard.writing
+        assert await real("iss", "j7", LATER) is False  # the ids of the partition reached the store
+    finally:
+        await database.close()
 
 
 async def test_readyz_answers_within_its_bound_during_a_partition(silent_server: int) -> None:

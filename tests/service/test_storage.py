@@ -16,8 +16,7 @@ from alembic import command
 from sqlalchemy import func, inspect, select
 
 from cds_hooks.response import FEEDBACK, FeedbackItem
-from service.audit import MAX_WRITE, AuditCard, AuditRecord, AuditRule, AuditWriter, PatientPseudonym
-from service.metrics import Metrics
+from service.audit import AuditCard, AuditRecord, AuditRule, PatientPseudonym
 from service.report import UNKNOWN_CARD, build_report, parse_bound
 from service.storage.database import Database, _alembic_config
 from service.storage.tables import audit_call, audit_card, audit_rule, feedback
@@ -294,84 +293,6 @@ def test_report_bounds() -> None:
         parse_bound("last week", end=False)
 
 
-class FlakyDatabase(Database):
-    """A real database that refuses the first ``failures`` audit writes (an outage)."""
-
-    def __init__(self, url: str, failures: int) -> None:
-        super().__init__(url)
-        self.failures = failures
-
-    async def write_audit(self, records: Sequence[AuditRecord]) -> None:
-        if self.failures > 0:
-            self.failures -= 1
-            raise ConnectionError("database unavailable")
-        await super().write_audit(records)
-
-
-async def test_the_writer_batches_and_flushes_on_close(db: Database) -> None:
-    writer = AuditWriter(db, Metrics(), interval_s=60, batch_size=1000)
-    writer.start()
-    for i in range(25):
-        await writer.submit(call((f"c{i}", "rf-cauda-equina")))
-    assert await _count(db, audit_call) == 0  # nothing written on the request path
-    assert writer.rule_for_card("c7") == "rf-cauda-equina"
-    await writer.close()
-    assert await _count(db, audit_call) == 25
-
-
-async def test_a_large_backlog_is_written_in_bounded_transactions(database_url: str) -> None:
-    sizes: list[int] = []
-
-    class Counting(Database):
-        async def write_audit(self, records: Sequence[AuditRecord]) -> None:
-            sizes.append(len(records))
-            await super().write_audit(records)
-
-    db = Counting(database_url)
-    await db.migrate()
-    writer = AuditWriter(db, Metrics(), interval_s=60, batch_size=100_000, max_pending=100_000)
-    try:
-        for i in range(MAX_WRITE * 2 + 1):
-            await writer.submit(call((f"c{i}", "rf-cauda-equina")))
-        assert await writer.flush()
-        assert sizes == [MAX_WRITE, MAX_WRITE, 1]
-        assert await _count(db, audit_call) == MAX_WRITE * 2 + 1
-    finally:
-        await db.close()
-
-
-async def test_a_full_batch_is_written_without_waiting_for_the_interval(db: Database) -> None:
-    writer = AuditWriter(db, Metrics(), interval_s=60, batch_size=10)
-    writer.start()
-    for i in range(10):
-        await writer.submit(call((f"c{i}", "rf-cauda-equina")))
-    for _ in range(100):
-        if await _count(db, audit_call) == 10:
-            break
-        await asyncio.sleep(0.02)
-    assert await _count(db, audit_call) == 10
-    await writer.close()
-
-
-async def test_an_outage_loses_nothing_and_applies_back_pressure(database_url: str) -> None:
-    db = FlakyDatabase(database_url, failures=3)
-    await db.migrate()
-    metrics = Metrics()
-    writer = AuditWriter(db, metrics, interval_s=0.05, batch_size=5, max_pending=5)
-    writer.start()
-    try:
-        started = asyncio.get_running_loop().time()
-        for i in range(12):
-            await writer.submit(call((f"c{i}", "rf-cauda-equina")))
-        waited = asyncio.get_running_loop().time() - started
-        await writer.close()
-        assert await _count(db, audit_call) == 12
-        assert metrics.audit_write_failures._value.get() == 3
-        assert waited > 0.1  # submitters waited for the database to come back instead of piling up
-    finally:
-        await db.close()
-
-
 async def test_patient_ids_are_pseudonymised_as_configured() -> None:
     hashed = PatientPseudonym("hash", b"k" * 32)
     assert hashed("pat-45") == hashed("pat-45")
@@ -489,23 +410,3 @@ def test_feedback_a_store_cannot_keep_is_refused_as_the_clients_error(
     }
     with pytest.raises(ValueError, match="overrideReason"):
         _items(item)
-
-
-async def test_the_pending_count_is_exact_while_the_database_is_down() -> None:
-    """lumbar_audit_pending once kept the count from before a failed write: a first batch is written, then
-    the database goes down; the gauge must say what still waits."""
-
-    class GoesDown:
-        writes = 0
-
-        async def write_audit(self, records: Any) -> None:
-            self.writes += 1
-            if self.writes > 1:
-                raise ConnectionRefusedError("the database is down")
-
-    metrics = Metrics()
-    writer = AuditWriter(GoesDown(), metrics, batch_size=10**6, max_pending=10**6)  # type: ignore[arg-type]
-    for _ in range(MAX_WRITE + 50):
-        await writer.submit(call(("card-1", "rf-ivdu")))
-    assert await writer.flush() is False
-    assert b"lumbar_audit_pending 50.0" in metrics.render()
