@@ -7,9 +7,11 @@ the required ``cards`` array, which is empty when the service has no guidance.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, StringConstraints, TypeAdapter, model_validator
+import orjson
+from pydantic import Field, StringConstraints, TypeAdapter, ValidationError, model_validator
 
 from cds_hooks.base import WireModel
 from cds_hooks.fhirtime import FHIR_DATETIME_PATTERN
@@ -165,3 +167,31 @@ class Feedback(WireModel):
 
 
 FEEDBACK: TypeAdapter[Feedback] = TypeAdapter(Feedback)
+_ITEMS: TypeAdapter[tuple[FeedbackItem, ...]] = TypeAdapter(tuple[FeedbackItem, ...])
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedFeedback:
+    """A feedback request item by item: the valid items (in order) and the indexes of those refused, with
+    the validation error that says why (its locations are ``feedback[i]...``)."""
+
+    items: tuple[FeedbackItem, ...]
+    refused: tuple[int, ...] = ()
+    error: ValidationError | None = None
+
+
+def parse_feedback(body: bytes) -> ParsedFeedback:
+    """Validate a feedback request; each item is accepted or refused on its own. Raises ValidationError
+    when the request as a whole is not feedback (not JSON, no ``feedback`` list, none or too many items)."""
+    try:
+        return ParsedFeedback(FEEDBACK.validate_json(body).feedback)
+    except ValidationError as error:
+        refused: set[int] = set()
+        for problem in error.errors(include_url=False, include_input=False):
+            location = problem["loc"]
+            if len(location) < 2 or location[0] != "feedback" or not isinstance(location[1], int):
+                raise  # the envelope itself is wrong
+            refused.add(location[1])
+        raw = orjson.loads(body)["feedback"]
+        kept = _ITEMS.validate_python([item for i, item in enumerate(raw) if i not in refused])
+        return ParsedFeedback(kept, tuple(sorted(refused)), error)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 import structlog
@@ -12,9 +13,9 @@ from pydantic import ValidationError
 from starlette.responses import Response
 from starlette.routing import Route
 
-from cds_hooks.outcome import outcome_issue, outcome_of
+from cds_hooks.outcome import outcome_from_validation, outcome_issue, outcome_of
 from cds_hooks.request import parse_hook_request
-from cds_hooks.response import FEEDBACK
+from cds_hooks.response import ParsedFeedback, parse_feedback
 from rules.engine import Evaluation, evaluate
 from service import collector
 from service.audit import AuditRecord, from_evaluation
@@ -189,22 +190,37 @@ async def feedback(service_id: str, request: Request, call: Call) -> Response:
     if service_id not in state.catalogue.hooks:
         raise ProblemError(404, f"unknown CDS service {service_id!r}", expression=["id"])
     try:
-        parsed = FEEDBACK.validate_json(await request.body())
+        parsed = parse_feedback(await request.body())
     except ValidationError as exc:
         raise ProblemError.invalid(exc) from None
     assert state.audit is not None  # set by the lifespan
     audit = state.audit
-    known = {
-        item.card: rule for item in parsed.feedback if (rule := audit.rule_for_card(item.card)) is not None
-    }
-    try:
-        stored = await state.database.store_feedback(service_id, parsed.feedback, client, known)
-    except Exception as exc:  # noqa: BLE001  # not acknowledged, so the client may retry: nothing is lost
-        log.error("feedback not stored", error=type(exc).__name__)
-        raise ProblemError(
-            503, "feedback could not be stored; retry later", headers={"Retry-After": "5"}
-        ) from None
-    for item in parsed.feedback:
+    known = {item.card: rule for item in parsed.items if (rule := audit.rule_for_card(item.card)) is not None}
+    stored = 0
+    if parsed.items:
+        try:
+            stored = await state.database.store_feedback(service_id, parsed.items, client, known)
+        except Exception as exc:  # noqa: BLE001  # not acknowledged, so the client may retry: nothing is lost
+            log.error("feedback not stored", error=type(exc).__name__)
+            raise ProblemError(
+                503, "feedback could not be stored; retry later", headers={"Retry-After": "5"}
+            ) from None
+    for item in parsed.items:
         state.metrics.feedback.labels(item.outcome).inc()
-    log.info("feedback", service=service_id, items=len(parsed.feedback), new=stored)
+    log.info("feedback", service=service_id, items=len(parsed.items), new=stored, refused=len(parsed.refused))
+    if parsed.error is not None:  # the valid items are stored; the refused ones are named, each on its own
+        raise ProblemError(400, "invalid feedback items", body=_refused_items(parsed))
     return Response(status_code=200)
+
+
+def _refused_items(parsed: ParsedFeedback) -> dict[str, Any]:
+    assert parsed.error is not None
+    body = outcome_from_validation(parsed.error)
+    total = len(parsed.items) + len(parsed.refused)
+    refused = ", ".join(f"feedback[{i}]" for i in parsed.refused)
+    summary = (
+        f"{len(parsed.items)} of {total} items stored; refused: {refused} (fix them and send them again; "
+        "sending the stored items again is harmless)"
+    )
+    body["issue"].append(outcome_issue(summary, code="informational", severity="information"))
+    return body

@@ -241,6 +241,47 @@ async def test_feedback_is_stored_once(settings_factory: Any, database_url: str)
     ]
 
 
+async def test_each_feedback_item_is_stored_or_refused_on_its_own(
+    settings_factory: Any, database_url: str
+) -> None:
+    """One bad item (a NUL, an over-long code) once made its good neighbours fail too: now the good ones are
+    stored, the bad ones named by index, and the answer says which is which."""
+
+    def item(n: int, **changes: Any) -> dict[str, Any]:
+        base = {
+            "card": f"9b3c6a1e-0000-4000-8000-00000000010{n}",
+            "outcome": "overridden",
+            "overrideReason": {"reason": {"code": "already-managed", "display": "Already managed"}},
+            "outcomeTimestamp": "2026-11-21T10:05:00Z",
+        }
+        return {**base, **changes}
+
+    too_long = {"reason": {"code": "x" * 201}}
+    with_nul = {"reason": {"code": "already-managed"}, "userComment": "seen\u0000today"}
+    batch = [item(0), item(1, overrideReason=too_long), item(2), item(3, overrideReason=with_nul), item(4)]
+    async with running(create_app(settings_factory(database_url=database_url))) as client:
+        mixed = await client.post(f"{SERVICE}/feedback", json={"feedback": batch})
+        all_bad = await client.post(f"{SERVICE}/feedback", json={"feedback": [batch[1]]})
+        not_an_object = await client.post(f"{SERVICE}/feedback", json={"feedback": [batch[0], "not an item"]})
+    assert mixed.status_code == 400
+    issues = mixed.json()["issue"]
+    assert [i["expression"][0] for i in issues if i["severity"] == "error"] == [
+        "feedback[1].overrideReason.reason.code",
+        "feedback[3].overrideReason.userComment",
+    ]
+    assert issues[-1]["severity"] == "information"
+    assert issues[-1]["diagnostics"].startswith("3 of 5 items stored; refused: feedback[1], feedback[3]")
+    _outcome(all_bad, 400, "feedback[0].overrideReason.reason.code")  # nothing to store: refused whole
+    assert "feedback[1]: Input should be an object" in not_an_object.text  # refused on its own too
+    assert "1 of 2 items stored" in not_an_object.text
+    engine = create_async_engine(database_url)
+    async with engine.connect() as connection:
+        rows = await connection.execute(sa.text("select card_uuid from feedback order by id"))
+        cards = rows.scalars().all()
+    await engine.dispose()
+    assert [c[-1] for c in cards] == ["0", "2", "4"]  # batch[0] sent twice, stored once
+
+
 async def test_health_readiness_and_metrics(settings_factory: Any) -> None:
     app = create_app(settings_factory())
     async with running(app) as client:
