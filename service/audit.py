@@ -163,6 +163,18 @@ class AuditWriter:
         if len(self._pending) >= self._batch_size:
             self._wake.set()
 
+    async def status(self) -> dict[str, object]:
+        """For operators (/readyz with the admin token): what waits in memory and in the spill folder."""
+        out: dict[str, object] = {"pending": len(self._pending)}
+        if self._spill is not None:
+            loop = asyncio.get_running_loop()
+            out["spill"] = {
+                "folder_bytes": await loop.run_in_executor(None, self._spill.size),
+                "files": await loop.run_in_executor(None, self._spill.waiting),
+                "max_bytes": self._spill.max_bytes,
+            }
+        return out
+
     def rule_for_card(self, card_uuid: str) -> str | None:
         """The rule that owns ``card_uuid`` among records not yet written (the database knows the rest)."""
         for record in reversed(self._pending):

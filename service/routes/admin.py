@@ -17,20 +17,25 @@ from starlette.responses import Response
 from service.deps import State
 from service.errors import ProblemError
 from service.report import build_report, parse_bound
+from service.settings import Settings
 
 router = APIRouter(tags=["Administration"])
 log = structlog.get_logger("lumbar.admin")
 
 
-async def admin(request: Request, state: State) -> None:
-    """Refuse the call unless it carries the admin token (or authentication is off)."""
-    settings = state.settings
+def is_admin(request: Request, settings: Settings) -> bool:
+    """Whether the call carries the admin token (always, with authentication off)."""
     if settings.auth == "off":
-        return
+        return True
     header = request.headers.get("authorization") or ""
     scheme, _, presented = header.partition(" ")
     expected = settings.admin_token.get_secret_value() if settings.admin_token else None
-    if expected is None or scheme.lower() != "bearer" or not hmac.compare_digest(presented, expected):
+    return expected is not None and scheme.lower() == "bearer" and hmac.compare_digest(presented, expected)
+
+
+async def admin(request: Request, state: State) -> None:
+    """Refuse the call unless it carries the admin token (or authentication is off)."""
+    if not is_admin(request, state.settings):
         state.metrics.auth_failures.inc()
         log.warning("admin authentication failed", path=request.url.path)
         raise ProblemError(401, "authentication failed", headers={"WWW-Authenticate": "Bearer"})

@@ -436,6 +436,27 @@ async def test_readyz_names_the_rule_files_without_server_paths(settings_factory
     assert not any(name.startswith("/") or ".." in name for name in files), list(files)[:3]
 
 
+async def test_readyz_detail_needs_the_admin_token(settings_factory: Any) -> None:
+    """The public /readyz says ready or not, the version and the reload's outcome; the rule files, a reload's
+    errors and the audit backlog only with the admin token."""
+    token = "a-long-admin-token-for-tests"
+    app = create_app(settings_factory(auth="jwt", admin_token=token))
+    state = app.state.lumbar
+    async with running(app) as client:
+        state.reload.ok, state.reload.errors = False, ["rf-x.yaml:3:5: unknown field 'whne'"]
+        public = (await client.get("/readyz")).json()
+        wrong = (await client.get("/readyz", headers={"Authorization": "Bearer not-the-token"})).json()
+        detail = (await client.get("/readyz", headers={"Authorization": f"Bearer {token}"})).json()
+    assert public == wrong
+    assert set(public["rules"]) == {"version", "count", "reload"}
+    assert public["rules"]["reload"]["status"] == "error"
+    assert public["rules"]["reload"]["errors"] == "detail with the admin token"
+    assert "rf-x.yaml" not in str(public) and "audit" not in public
+    assert detail["rules"]["reload"]["errors"] == ["rf-x.yaml:3:5: unknown field 'whne'"]
+    assert "rf-ces-sphincter-disturbance.yaml" in detail["rules"]["files"]
+    assert detail["audit"]["pending"] >= 0 and detail["audit"]["spill"]["files"] == 0
+
+
 async def test_an_unauthenticated_body_is_not_read(settings_factory: Any) -> None:
     """A caller without a valid token cannot make the worker buffer its body: 401 before reading it."""
     sent: list[int] = []
