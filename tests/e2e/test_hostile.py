@@ -6,6 +6,7 @@ anywhere in the service's complete log output.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import time
@@ -285,3 +286,62 @@ def test_idle_and_slow_header_connections_are_closed(server: tuple[str, Path]) -
         slow.close()
     assert all(answer.startswith("HTTP/1.1 408") for answer in answers), answers
     assert 8 < time.monotonic() - started < 15
+
+
+def test_beyond_the_connection_cap_callers_get_503_not_a_hang(server: tuple[str, Path]) -> None:
+    """1,100 idle sockets once locked normal callers out (fd limit 1,024): a worker takes at most 900
+    connections at once (uvicorn's limit_concurrency), answers 503 beyond them, and serves again as soon as
+    they go."""
+    base, _ = server
+    parts = urlsplit(base)
+    assert parts.hostname and parts.port
+    idle = [socket.create_connection((parts.hostname, parts.port), timeout=10) for _ in range(905)]
+    try:
+        time.sleep(0.5)  # every one accepted by the worker
+        started = time.monotonic()
+        refused = httpx.get(base + "/healthz", timeout=10)
+        assert refused.status_code == 503
+        assert time.monotonic() - started < 2
+    finally:
+        for sock in idle:
+            sock.close()
+    deadline = time.monotonic() + 10
+    while httpx.get(base + "/healthz", timeout=10).status_code != 200:
+        assert time.monotonic() < deadline, "the worker did not serve again"
+        time.sleep(0.1)
+
+
+def test_oversized_headers_pipelined_behind_a_running_request_wait_for_its_response(
+    server: tuple[str, Path], fhir: FhirTestServer
+) -> None:
+    """A pipelined request whose headers are too large arrives while the one before it is still being
+    answered (its FHIR fetch is slow): that response is sent whole first, then the 431, then the close."""
+    base, _ = server
+    parts = urlsplit(base)
+    assert parts.hostname and parts.port
+    fhir.resources = builders.lbp_today()
+    fhir.faults.delay_s = 0.3  # each FHIR search: the first request is still running when the second comes
+    body = builders.hook_request(fhir_server=fhir.base_url)
+    body["fhirAuthorization"] = builders.fhir_authorization(ACCESS_TOKEN)
+    payload = json.dumps(body).encode()
+    first = (
+        f"POST {SERVICE} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+        f"Authorization: {_auth(base)['Authorization']}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+    ).encode() + payload
+    second = f"GET /healthz HTTP/1.1\r\nHost: {parts.netloc}\r\nX-Junk: ".encode()
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
+        sock.sendall(first)
+        time.sleep(0.1)  # the first is being answered
+        with contextlib.suppress(OSError):
+            sock.sendall(second)
+            for _ in range(8):  # a head that keeps growing, 8 x 16 KB
+                time.sleep(0.02)
+                sock.sendall(b"a" * 16_384)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    text = received.decode(errors="replace")
+    assert text.startswith("HTTP/1.1 200"), text[:200]
+    assert '"indicator":"critical"' in text.replace(" ", "")
+    assert text.count("HTTP/1.1 ") == 2 and "HTTP/1.1 431" in text

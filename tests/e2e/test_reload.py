@@ -134,3 +134,74 @@ def test_serve_refuses_a_catalogue_whose_tests_fail(tmp_path: Path) -> None:
     with live_service({**env, "LUMBAR_ALLOW_FAILING_TESTS": "true"}, log=log) as base:
         assert httpx.get(f"{base}/readyz").status_code == 200
     assert "WARNING: serving a rule catalogue whose own tests fail" in log.read_text()
+
+
+@pytest.mark.parametrize(
+    "cut_after",
+    [
+        # a valid, shorter value set (the rules' own tests catch it)
+        "  - snomed:165232002   # Urinary incontinence\n",
+        "  - snomed:72042",  # mid-line: no longer YAML that loads
+    ],
+)
+def test_a_value_set_written_in_place_with_a_pause_never_loses_a_red_flag(
+    tmp_path: Path, cut_after: str
+) -> None:
+    """The issue's reproduction: ``sphincter-disturbance.yaml`` rewritten in place (as ``cp``, ``scp`` and
+    editors without atomic save do) with a 1.2 s pause half-way, while faecal-incontinence calls arrive. It
+    once went live half-written for ~1.2 s and 212 calls got no cauda equina card. Now: every call answered
+    with the card, and the whole file, once written, goes live."""
+    catalog = tmp_path / "catalog"
+    shutil.copytree(BUNDLED_CATALOG, catalog)
+    env = {
+        "LUMBAR_RULES_DIR": str(catalog),
+        "LUMBAR_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/db.sqlite",
+    }
+    path = catalog / "valuesets" / "sphincter-disturbance.yaml"
+    original = path.read_bytes()
+    new = original.replace(b"title: Bladder or bowel disturbance", b"title: Bladder/bowel disturbance", 1)
+    head = new[: new.index(cut_after.encode()) + len(cut_after)]
+    with live_service(env, workers=2, log=tmp_path / "service.log") as base:
+        resources = builders.as_of_today(
+            [
+                builders.patient(),
+                builders.condition("lbp", "279039007", "2026-11-15"),
+                builders.finding("fi-1", "72042002", "2026-11-20T08:00:00Z", display="Incontinence of feces"),
+            ]
+        )
+        body = builders.patient_view_request(resources)
+        url = f"{base}/cds-services/lumbar-patient-view"
+        answers: Counter[str] = Counter()
+        stop = threading.Event()
+
+        def hammer() -> None:
+            with httpx.Client(timeout=10) as client:
+                while not stop.is_set():
+                    response = client.post(url, json=body)
+                    topics = {c["source"]["topic"]["code"] for c in response.json().get("cards", [])}
+                    ok = response.status_code == 200 and "rf-ces-sphincter-disturbance" in topics
+                    answers["with the card" if ok else f"{response.status_code} without"] += 1
+
+        threads = [threading.Thread(target=hammer) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        try:
+            version = httpx.get(f"{base}/readyz").json()["rules"]["version"]
+            time.sleep(0.5)
+            with path.open("wb") as stream:  # truncated at once, written in two parts
+                stream.write(head)
+                stream.flush()
+                os.fsync(stream.fileno())
+                time.sleep(1.2)
+                stream.write(new[len(head) :])
+            deadline = time.monotonic() + 10
+            while httpx.get(f"{base}/readyz").json()["rules"]["version"] == version:
+                assert time.monotonic() < deadline, "the whole file never went live"
+                time.sleep(0.1)
+            time.sleep(0.5)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join()
+    assert set(answers) == {"with the card"}, answers
+    assert answers["with the card"] > 50
