@@ -18,7 +18,7 @@ import time
 import structlog
 
 from service.metrics import Metrics
-from service.storage.database import Database
+from service.storage.database import Database, within
 
 TIMEOUT_S = 2.0  # the longest a hook call waits for the replay store
 RETRY_AFTER_S = 5.0  # after the store failed, how long calls go by this worker's memory without asking it
@@ -69,7 +69,7 @@ class ReplayGuard:
         return fresh
 
     async def _store(self, issuer: str, jti: str, expires_at: int) -> bool:
-        return await asyncio.wait_for(self.database.remember_jti(issuer, jti, expires_at), self.timeout_s)
+        return await within(self.database.remember_jti(issuer, jti, expires_at), self.timeout_s)
 
     def _remember_locally(self, issuer: str, jti: str, expires_at: int) -> None:
         now = int(time.time())

@@ -14,7 +14,7 @@ import pytest
 
 from service.metrics import Metrics
 from service.replay import ReplayGuard
-from service.storage.database import Database
+from service.storage.database import Database, within
 
 pytestmark = pytest.mark.anyio
 LATER = int(time.time()) + 300
@@ -131,3 +131,25 @@ async def test_readyz_answers_within_its_bound_during_a_partition(silent_server:
         assert time.monotonic() - started < 1.5
     finally:
         await asyncio.wait_for(database.close(), 5)
+
+
+async def test_a_bounded_wait_does_not_wait_for_a_slow_cancellation() -> None:
+    """asyncio.wait_for waits for the cancelled operation to wind down; a driver in a partition took as
+    long again (a 2 s /readyz answered after 4 s). ``within`` gives up on time."""
+    wound_down = asyncio.Event()
+
+    async def stubborn() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            await asyncio.sleep(1.0)  # closing a connection nobody answers
+            wound_down.set()
+            raise
+
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        await within(stubborn(), 0.2)
+    assert time.monotonic() - started < 0.5
+    assert not wound_down.is_set()
+    await asyncio.wait_for(wound_down.wait(), 3)  # it still ends, on its own
+    assert await within(asyncio.sleep(0, result="answer"), 1) == "answer"
