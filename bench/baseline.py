@@ -2,8 +2,8 @@
 
 One POST route at the same path as the real service reads the raw body, parses it with orjson and answers
 a fixed small JSON document. It is served with exactly the uvicorn settings of ``service.cli.cmd_serve``
-(uvloop, httptools, no access log, no logging config, keep-alive 5 s, one worker), so the ratio
-service/baseline measures what the service adds on top of FastAPI, uvicorn and JSON parsing.
+(uvloop, httptools, no access log, no logging config, keep-alive 5 s; one worker unless ``--workers``), so
+the ratio service/baseline measures what the service adds on top of FastAPI, uvicorn and JSON parsing.
 
     python -m bench.baseline --port 8001
 """
@@ -40,12 +40,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8001)
+    parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
     uvicorn.run(
-        app,
+        "bench.baseline:app" if args.workers > 1 else app,  # several workers import the app themselves
         host=args.host,
         port=args.port,
-        workers=1,
+        workers=args.workers,
         **uvicorn_options(),  # exactly the service's settings
     )
 

@@ -4,7 +4,8 @@ C keep-alive connections each send the same pre-encoded POST, wait for the whole
 headers, a ``Content-Length`` or chunked body) and send again at once. Requests that start during the warm-up
 are not counted; after warm-up + duration no new request starts, and anything still unanswered after a grace
 period counts as an error. Much cheaper per request than an httpx client, so the client is less often the
-bottleneck.
+bottleneck. With ``--tokens FILE`` every request carries its own bearer token from the file (minted ahead by
+the bench, so that signing costs the client nothing during the window).
 
     python -m bench.loadgen --port 8000 --path /cds-services/lumbar-patient-view --body request.json \\
         --connections 16 --warmup 1 --duration 5
@@ -44,10 +45,12 @@ class Stats:
     last_done: float = 0.0
 
 
-def encode_request(host: str, port: int, path: str, body: bytes) -> bytes:
+def encode_request(host: str, port: int, path: str, body: bytes, token: str | None = None) -> bytes:
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
     head = (
         f"POST {path} HTTP/1.1\r\n"
         f"Host: {host}:{port}\r\n"
+        f"{auth}"
         "Content-Type: application/json\r\n"
         "Accept: application/json\r\n"
         f"Content-Length: {len(body)}\r\n"
@@ -95,8 +98,20 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]
     return status, await reader.readexactly(length), not close
 
 
+class Requests:
+    """The request to send next: the same bytes every time, or, with tokens (``--tokens``), each request with
+    its own pre-encoded bearer token (a fresh ``jti`` each, as a replay-checking server demands)."""
+
+    def __init__(self, host: str, port: int, path: str, body: bytes, tokens: list[str] | None) -> None:
+        self.same = None if tokens else encode_request(host, port, path, body)
+        self.each = iter([encode_request(host, port, path, body, t) for t in tokens or ()])
+
+    def next(self) -> bytes | None:
+        return self.same if self.same is not None else next(self.each, None)
+
+
 async def connection(
-    host: str, port: int, request: bytes, counted_from: float, stop_at: float, stats: Stats
+    host: str, port: int, requests: Requests, counted_from: float, stop_at: float, stats: Stats
 ) -> None:
     """One keep-alive connection, sending back to back until ``stop_at`` (reconnecting after errors)."""
     writer: asyncio.StreamWriter | None = None
@@ -113,6 +128,10 @@ async def connection(
                         return
                     await asyncio.sleep(0.05)  # bounded: the loop ends at stop_at
                     continue
+            request = requests.next()
+            if request is None:
+                stats.errors["tokens exhausted"] += 1
+                return
             started = time.perf_counter()
             counted = started >= counted_from
             stats.total += 1
@@ -177,14 +196,15 @@ def summarise(stats: Stats, args: argparse.Namespace, wall: float, cpu: float) -
 
 
 async def run(args: argparse.Namespace, body: bytes) -> dict[str, Any]:
-    request = encode_request(args.host, args.port, args.path, body)
+    tokens = args.tokens.read_text().split() if args.tokens else None
+    requests = Requests(args.host, args.port, args.path, body, tokens)  # encoded before the clock starts
     stats = Stats()
     usage = resource.getrusage(resource.RUSAGE_SELF)
     cpu0, wall0 = usage.ru_utime + usage.ru_stime, time.perf_counter()
     counted_from = wall0 + args.warmup
     stop_at = counted_from + args.duration
     tasks = [
-        asyncio.create_task(connection(args.host, args.port, request, counted_from, stop_at, stats))
+        asyncio.create_task(connection(args.host, args.port, requests, counted_from, stop_at, stats))
         for _ in range(args.connections)
     ]
     # Every loop above ends by stop_at; a request still unanswered after the grace period is an error.
@@ -210,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds not counted")
     parser.add_argument("--duration", "-d", type=float, default=5.0, help="seconds counted")
     parser.add_argument("--grace", type=float, default=10.0, help="seconds to wait for the last answers")
+    parser.add_argument("--tokens", type=Path, help="bearer tokens, one per request")
     args = parser.parse_args(argv)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         parser.error("loopback only")

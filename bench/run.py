@@ -33,7 +33,7 @@ from typing import Any
 
 import orjson
 
-from bench import catalogue, profile, report, scenarios, servers
+from bench import catalogue, production, profile, report, scenarios, servers
 from bench.servers import Server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,10 +84,19 @@ def start_baseline(work: Path) -> Server:
     return servers.spawn("baseline", args, dict(os.environ), work / "baseline.log", ROOT)
 
 
-def drive(server: Server, body: Path, connections: int, warmup_s: float, duration_s: float) -> dict[str, Any]:
-    """One closed-loop run from a load generator process, with the server's CPU time over the run."""
+def drive(
+    server: Server,
+    body: Path,
+    connections: int,
+    warmup_s: float,
+    duration_s: float,
+    tokens: Path | None = None,
+) -> dict[str, Any]:
+    """One closed-loop run from a load generator process, with the server's CPU time over the run (and,
+    with ``tokens``, a bearer token of that file on each request)."""
     command = [sys.executable, "-m", "bench.loadgen", "--port", str(server.port), "--body", str(body)]
     command += ["--path", scenarios.SERVICE_PATH, "--connections", str(connections)]
+    command += ["--tokens", str(tokens)] if tokens else []
     command += ["--warmup", str(warmup_s), "--duration", str(duration_s), "--grace", "10"]
     cpu0, wall0 = servers.cpu_seconds(server.pid), time.perf_counter()
     done = subprocess.run(
@@ -206,6 +215,14 @@ def inprocess(bodies: dict[str, bytes], plan: Plan, work: Path) -> tuple[dict[st
         "load_10x_s": round(load_10x, 3),
         "requests": {},
     }
+    from service.catalogue import build_catalogue, load_tested
+
+    reloads = []
+    for _ in range(3):  # what a reload does: read, check, compile, run the embedded tests, build
+        started = time.perf_counter()
+        build_catalogue(load_tested(BUNDLED_CATALOG)[0])
+        reloads.append(time.perf_counter() - started)
+    cat["reload_s"] = round(statistics.median(reloads), 3)
     gc.collect()
     gc.freeze()  # as the service does after loading its rules
     now = datetime.now(UTC)
@@ -412,6 +429,12 @@ def run(plan: Plan, work: Path, live: list[Server], with_profile: bool) -> dict[
     acute = alternate(pair, files["acute-lbp"], 1, plan.connections, plan.warmup_s, plan.duration_s)
     acute["summary"]["scenario"] = "acute-lbp"
     results["load_acute"] = acute
+    print("the production path (JWT, PostgreSQL, 2 workers) against the bare one...", flush=True)
+    results["production"] = production.measure(
+        drive, files[MAIN_SCENARIO], work, live, plan.rounds, plan.warmup_s, plan.duration_s
+    )
+    if "skipped" in results["production"]:
+        print(f"production path not measured: {results['production']['skipped']}", flush=True)
     results["memory_after_16c"] = _memory(service)  # before the large requests
     print("scale runs at 1 connection...", flush=True)
     results["scenarios"] |= sanity(pair, {name: body for name, body in bodies.items() if name not in small})
@@ -428,6 +451,9 @@ def run(plan: Plan, work: Path, live: list[Server], with_profile: bool) -> dict[
     every = [r for k in ("load", "load_acute") for r in results[k]["runs"]] + list(results["scale"].values())
     load_errors = sum(r[side]["errors"] for r in every for side in ("baseline", "service"))
     load_errors += results["catalogue_served"]["errors"]
+    load_errors += sum(
+        results["production"].get(side, {}).get("errors", 0) for side in ("baseline", "bare", "production")
+    )
     bad_status = sum(
         (s["service_status"] != 200) + (s["baseline_status"] != 200) for s in results["scenarios"].values()
     )

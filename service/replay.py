@@ -21,6 +21,7 @@ from service.metrics import Metrics
 from service.storage.database import Database, within
 
 TIMEOUT_S = 2.0  # the longest a hook call waits for the replay store
+WRITE_BACK_CHUNK = 1_000  # ids per statement when the outage's ids are written back
 RETRY_AFTER_S = 5.0  # after the store failed, how long calls go by this worker's memory without asking it
 log = structlog.get_logger("lumbar.replay")
 
@@ -38,6 +39,8 @@ class ReplayGuard:
         self.timeout_s = timeout_s
         self.retry_after_s = retry_after_s
         self._retry_at = 0.0  # monotonic time before which the store is not asked
+        self._queue: list[tuple[str, str, int, asyncio.Future[bool]]] = []  # ids waiting for the next write
+        self._writer: asyncio.Task[None] | None = None
         self.local: dict[tuple[str, str], int] = {}  # ids accepted while the store could not answer
         self._resync: list[tuple[str, str, int]] = []
         self.writing: asyncio.Task[None] | None = None  # the write-back, off the hook call's path
@@ -69,7 +72,34 @@ class ReplayGuard:
         return fresh
 
     async def _store(self, issuer: str, jti: str, expires_at: int) -> bool:
-        return await within(self.database.remember_jti(issuer, jti, expires_at), self.timeout_s)
+        """Whether the store had not seen this id. Calls arriving while a write is in flight are written
+        together in the next one (one statement for all of them: a group commit), so under load the store
+        costs a fraction of a transaction per call; a replay is still decided by the shared store."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._queue.append((issuer, jti, expires_at, future))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_queue(), name="replay-store")
+        return await future
+
+    async def _write_queue(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue, []
+            try:
+                fresh = await within(
+                    self.database.remember_jtis([(i, j, e) for i, j, e, _ in batch]), self.timeout_s
+                )
+            except Exception as exc:  # noqa: BLE001  # every caller of this batch, and those queued, fall back
+                self._retry_at = time.monotonic() + self.retry_after_s
+                batch, self._queue = batch + self._queue, []
+                for *_, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                return
+            for issuer, jti, _, future in batch:
+                first = (issuer, jti) in fresh
+                fresh.discard((issuer, jti))  # the same id twice in one batch: only the first is fresh
+                if not future.done():
+                    future.set_result(first)
 
     def _remember_locally(self, issuer: str, jti: str, expires_at: int) -> None:
         now = int(time.time())
@@ -79,17 +109,21 @@ class ReplayGuard:
         self._resync.append((issuer, jti, expires_at))
 
     async def _write_back(self) -> None:
-        """The ids remembered during the outage, into the store; one it knew was replayed elsewhere."""
+        """The ids remembered during the outage, into the store (in chunks); one it knew was replayed
+        elsewhere."""
         pending, self._resync = self._resync, []
-        for index, (issuer, jti, expires_at) in enumerate(pending):
+        for start in range(0, len(pending), WRITE_BACK_CHUNK):
+            chunk = pending[start : start + WRITE_BACK_CHUNK]
             try:
-                fresh = await self._store(issuer, jti, expires_at)
+                fresh = await within(self.database.remember_jtis(chunk), self.timeout_s)
             except Exception:  # noqa: BLE001  # down again: keep the rest for the next time
-                self._resync = pending[index:] + self._resync
+                self._resync = pending[start:] + self._resync
                 return
-            if not fresh:
-                self.metrics.replays_found_late.inc()
-                log.error(
-                    "a token was replayed to another worker while the replay store was down", issuer=issuer
-                )
+            for issuer, jti, _ in chunk:
+                if (issuer, jti) not in fresh:
+                    self.metrics.replays_found_late.inc()
+                    log.error(
+                        "a token was replayed to another worker while the replay store was down",
+                        issuer=issuer,
+                    )
         log.info("replay store back: ids remembered during the outage written", count=len(pending))

@@ -349,15 +349,26 @@ class Database:
         return max(result.rowcount or 0, 0)
 
     async def remember_jti(self, issuer: str, jti: str, expires_at: int) -> bool:
-        """Record a client JWT id; False if seen before (a replay). Expired ids are purged now and then."""
-        statement = self._upsert(jwt_replay).values(issuer=issuer, jti=jti, expires_at=expires_at)
-        statement = statement.on_conflict_do_nothing(index_elements=["issuer", "jti"])
+        """Record a client JWT id; False if seen before (a replay)."""
+        return (issuer, jti) in await self.remember_jtis([(issuer, jti, expires_at)])
+
+    async def remember_jtis(self, ids: Sequence[tuple[str, str, int]]) -> set[tuple[str, str]]:
+        """Record client JWT ids ``(issuer, jti, expires_at)`` in one statement; the ones not seen before.
+        (An id twice in ``ids`` comes back once: the caller decides which of the two was first.) Expired ids
+        are purged now and then."""
+        rows = [{"issuer": issuer, "jti": jti, "expires_at": expires} for issuer, jti, expires in ids]
+        statement = (
+            self._upsert(jwt_replay)
+            .values(rows)
+            .on_conflict_do_nothing(index_elements=["issuer", "jti"])
+            .returning(jwt_replay.c.issuer, jwt_replay.c.jti)
+        )
         async with self.engine.begin() as connection:
-            result = await connection.execute(statement)
-            self._inserts += 1
-            if self._inserts % 500 == 0:
+            fresh = {(row.issuer, row.jti) for row in await connection.execute(statement)}
+            before, self._inserts = self._inserts, self._inserts + len(rows)
+            if before // 500 != self._inserts // 500:
                 await connection.execute(_expired_jtis())
-        return bool(result.rowcount)
+        return fresh
 
     @staticmethod
     async def _card_rules(connection: Any, card_uuids: set[str]) -> dict[str, str]:

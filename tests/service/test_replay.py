@@ -71,21 +71,21 @@ async def test_ids_remembered_during_the_outage_reach_the_store_when_it_is_back(
     await database.migrate()
     metrics = Metrics()
     guard = ReplayGuard(database, metrics, retry_after_s=0)  # ask the store again at once
-    real = database.remember_jti
+    real = database.remember_jtis
 
-    async def down(*_: object) -> bool:
+    async def down(*_: object) -> set[tuple[str, str]]:
         raise ConnectionRefusedError("the database is down")
 
     try:
-        database.remember_jti = down  # type: ignore[method-assign]
+        database.remember_jtis = down  # type: ignore[method-assign]
         assert await guard.remember("iss", "during", LATER) is True
-        assert await real("iss", "elsewhere", LATER) is True  # another worker took this one meanwhile...
+        assert await real([("iss", "elsewhere", LATER)]) == {("iss", "elsewhere")}  # another worker took it
         guard._remember_locally("iss", "elsewhere", LATER)  # ...and so did this one, during the outage
-        database.remember_jti = real  # type: ignore[method-assign]
+        database.remember_jtis = real  # type: ignore[method-assign]
         assert await guard.remember("iss", "after", LATER) is True  # the store answers: write-back...
         assert guard.writing is not None
         await guard.writing  # ...in the background, not on the hook call's path
-        assert await real("iss", "during", LATER) is False  # now known to every worker
+        assert await database.remember_jti("iss", "during", LATER) is False  # now known to every worker
     finally:
         await database.close()
     assert b"lumbar_replays_found_late_total 1.0" in metrics.render()
@@ -97,16 +97,16 @@ async def test_after_a_failure_the_store_is_left_alone_for_a_while(tmp_path: Pat
     database = Database(f"sqlite+aiosqlite:///{tmp_path}/replay.db")
     await database.migrate()
     guard = ReplayGuard(database, Metrics(), timeout_s=0.5, retry_after_s=0.3)
-    real = database.remember_jti
+    real = database.remember_jtis
     asked: list[str] = []
 
-    async def hangs(issuer: str, jti: str, expires_at: int) -> bool:
-        asked.append(jti)
+    async def hangs(ids: list[tuple[str, str, int]]) -> set[tuple[str, str]]:
+        asked.extend(jti for _, jti, _ in ids)
         await asyncio.sleep(10)
-        return True
+        return set()
 
     try:
-        database.remember_jti = hangs  # type: ignore[method-assign]
+        database.remember_jtis = hangs  # type: ignore[method-assign]
         started = time.monotonic()
         for n in range(20):
             assert await guard.remember("iss", f"j{n}", LATER) is True
@@ -114,11 +114,13 @@ async def test_after_a_failure_the_store_is_left_alone_for_a_while(tmp_path: Pat
         assert time.monotonic() - started < 1.5
         assert await guard.remember("iss", "j3", LATER) is False  # still refused in this worker
         await asyncio.sleep(0.35)
-        database.remember_jti = real  # type: ignore[method-assign]
+        database.remember_jtis = real  # type: ignore[method-assign]
         assert await guard.remember("iss", "later", LATER) is True  # asked again, and answered
         assert guard.writing is not None
         await guard.writing
-        assert await real("iss", "j7", LATER) is False  # the ids of the partition reached the store
+        assert (
+            await database.remember_jti("iss", "j7", LATER) is False
+        )  # the partition's ids reached the store
     finally:
         await database.close()
 
@@ -153,3 +155,35 @@ async def test_a_bounded_wait_does_not_wait_for_a_slow_cancellation() -> None:
     assert not wound_down.is_set()
     await asyncio.wait_for(wound_down.wait(), 3)  # it still ends, on its own
     assert await within(asyncio.sleep(0, result="answer"), 1) == "answer"
+
+
+async def test_concurrent_checks_share_one_write_and_a_replay_in_the_same_batch_is_refused(
+    database_url: str,
+) -> None:
+    """A group commit: 50 calls at once cost a handful of statements, not 50 transactions; the same id
+    twice among them is accepted once; ids seen before are refused; across two guards (two workers) on one
+    database an id is accepted once."""
+    database = Database(database_url)
+    await database.migrate()
+    statements: list[int] = []
+    real = database.remember_jtis
+
+    async def counted(ids: list[tuple[str, str, int]]) -> set[tuple[str, str]]:
+        statements.append(len(ids))
+        return await real(ids)
+
+    database.remember_jtis = counted  # type: ignore[method-assign]
+    one, two = ReplayGuard(database, Metrics()), ReplayGuard(database, Metrics())
+    try:
+        ids = [f"j{n}" for n in range(48)] + ["j0", "j1"]  # two replays among them
+        answers = await asyncio.gather(*(one.remember("iss", jti, LATER) for jti in ids))
+        assert sum(answers) == 48
+        assert answers[48:] == [False, False]
+        assert len(statements) <= 3 and sum(statements) == 50
+        again = await asyncio.gather(
+            *(guard.remember("iss", "shared", LATER) for guard in (one, two, one, two))
+        )
+        assert sorted(again) == [False, False, False, True]  # one worker accepted it, three refused
+        assert await two.remember("iss", "j5", LATER) is False  # seen by the other worker's batch
+    finally:
+        await database.close()
